@@ -230,8 +230,10 @@ def test_tiny_checkpoint_losing_a_race_keeps_the_winner(
     shutil.move(winner, tmp_path / "winner")
     real_build = tiny.build_tiny_checkpoint
 
-    def build_while_another_process_finishes(family: str, out_dir: Path, seed: int = 0) -> Path:
-        path = real_build(family, out_dir, seed=seed)
+    def build_while_another_process_finishes(
+        family: str, out_dir: Path, seed: int = 0, **options: Any
+    ) -> Path:
+        path = real_build(family, out_dir, seed=seed, **options)
         shutil.move(tmp_path / "winner", winner)  # the other process's rename lands first
         return path
 
@@ -246,3 +248,16 @@ def test_families_are_transformers_model_types() -> None:
 
     assert set(FAMILIES) == set(IMAGE_TOKENS)
     assert all(f in CONFIG_MAPPING for f in FAMILIES)
+
+
+def test_num_layers_and_family_generation_config_are_written(tmp_path: Path) -> None:
+    import json
+
+    from transformers import AutoConfig
+
+    path = build_tiny_checkpoint("qwen2_vl", tmp_path / "q", num_layers=3, generation="family")
+    assert AutoConfig.from_pretrained(path).get_text_config().num_hidden_layers == 3
+    gen = json.loads((path / "generation_config.json").read_text())
+    assert gen["repetition_penalty"] == 1.05
+    plain = build_tiny_checkpoint("qwen2_vl", tmp_path / "p")
+    assert "repetition_penalty" not in json.loads((plain / "generation_config.json").read_text())

@@ -20,4 +20,11 @@ from vlmshield.testing.tiny import (
     tiny_checkpoint,
 )
 
-__all__ = ["BUILDER_VERSION", "FAMILIES", "FAMILY_GENERATION", "build_tiny_checkpoint", "cache_root", "tiny_checkpoint"]
+__all__ = [
+    "BUILDER_VERSION",
+    "FAMILIES",
+    "FAMILY_GENERATION",
+    "build_tiny_checkpoint",
+    "cache_root",
+    "tiny_checkpoint",
+]

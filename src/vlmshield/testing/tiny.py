@@ -40,8 +40,20 @@ FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "i
 #: gemma-3-4b-it ships ``top_k: 64, top_p: 0.95``. Logit shaping like this runs inside
 #: ``generate`` for every caller, which is why the tests of two-branch defenses need it.
 FAMILY_GENERATION: dict[str, dict[str, Any]] = {
-    "qwen2_vl": {"do_sample": True, "repetition_penalty": 1.05, "top_k": 1, "top_p": 0.001, "temperature": 0.01},
-    "qwen2_5_vl": {"do_sample": True, "repetition_penalty": 1.05, "top_k": 1, "top_p": 0.001, "temperature": 0.1},
+    "qwen2_vl": {
+        "do_sample": True,
+        "repetition_penalty": 1.05,
+        "top_k": 1,
+        "top_p": 0.001,
+        "temperature": 0.01,
+    },
+    "qwen2_5_vl": {
+        "do_sample": True,
+        "repetition_penalty": 1.05,
+        "top_k": 1,
+        "top_p": 0.001,
+        "temperature": 0.1,
+    },
     "gemma3": {"do_sample": True, "top_k": 64, "top_p": 0.95},
 }
 
