@@ -30,31 +30,19 @@ from typing import Any, Literal
 
 from vlmshield.errors import UnknownNameError
 from vlmshield.registry import suggest
+from vlmshield.testing.families import SPECS
 
 #: transformers ``model_type`` of every family that has a tiny checkpoint.
-FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3")
+FAMILIES: tuple[str, ...] = tuple(SPECS)
 
 #: The generation settings each family's real checkpoints ship in ``generation_config.json``, beyond
-#: token ids (``generation="family"``). Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct ship
-#: ``repetition_penalty: 1.05`` with ``do_sample``, ``top_k: 1``, ``top_p: 0.001`` (greedy-like sampling);
-#: gemma-3-4b-it ships ``top_k: 64, top_p: 0.95``. Logit shaping like this runs inside
-#: ``generate`` for every caller, which is why the tests of two-branch defenses need it.
+#: token ids (``generation="family"``), e.g. Qwen2-VL-7B-Instruct's ``repetition_penalty: 1.05`` with
+#: ``do_sample``, ``top_k: 1``, ``top_p: 0.001`` (greedy-like sampling) or gemma-3-4b-it's
+#: ``top_k: 64, top_p: 0.95``; each family's spec names its source (``generation_source``). Logit
+#: shaping like this runs inside ``generate`` for every caller, which is why the tests of two-branch
+#: defenses need it.
 FAMILY_GENERATION: dict[str, dict[str, Any]] = {
-    "qwen2_vl": {
-        "do_sample": True,
-        "repetition_penalty": 1.05,
-        "top_k": 1,
-        "top_p": 0.001,
-        "temperature": 0.01,
-    },
-    "qwen2_5_vl": {
-        "do_sample": True,
-        "repetition_penalty": 1.05,
-        "top_k": 1,
-        "top_p": 0.001,
-        "temperature": 0.1,
-    },
-    "gemma3": {"do_sample": True, "top_k": 64, "top_p": 0.95},
+    name: dict(spec.family_generation) for name, spec in SPECS.items() if spec.family_generation
 }
 
 GenerationPreset = Literal["plain", "family"] | Mapping[str, Any]
@@ -101,15 +89,25 @@ def _generation_extra(family: str, generation: GenerationPreset) -> dict[str, An
     raise UnknownNameError(f"generation must be 'plain', 'family' or a mapping, not {generation!r}")
 
 
-def _set_num_layers(config: Any, num_layers: int) -> None:
-    """Give the language model ``num_layers`` decoder layers (layer types repeat cyclically)."""
+def _set_num_layers(config: Any, num_layers: int, family: str) -> None:
+    """Give the language model ``num_layers`` decoder layers.
+
+    Per-layer lists (``layer_types`` and the family's ``layer_lists``) repeat cyclically; lists of
+    layer indices (``layer_index_lists``, e.g. Mllama's cross-attention layers) repeat their pattern.
+    """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    spec = SPECS[family]
     text = config.get_text_config()
-    kinds = getattr(text, "layer_types", None)
+    old = int(text.num_hidden_layers)
+    for name in ("layer_types", *spec.layer_lists):
+        kinds = getattr(text, name, None)
+        if kinds:
+            setattr(text, name, [kinds[i % len(kinds)] for i in range(num_layers)])
+    for name in spec.layer_index_lists:
+        chosen = set(getattr(text, name) or [])
+        setattr(text, name, [i for i in range(num_layers) if i % old in chosen])
     text.num_hidden_layers = num_layers
-    if kinds:
-        text.layer_types = [kinds[i % len(kinds)] for i in range(num_layers)]
 
 
 def build_tiny_checkpoint(
@@ -143,13 +141,11 @@ def build_tiny_checkpoint(
     import torch
     from transformers import GenerationConfig
 
-    from vlmshield.testing._families import RECIPES, quiet_token_ids
+    from vlmshield.testing._build import make_recipe, quiet_token_ids
 
-    if family not in RECIPES:  # pragma: no cover - every family has a recipe
-        raise UnknownNameError(f"tiny checkpoint family {family!r} is not available yet")
-    recipe = RECIPES[family]()
+    recipe = make_recipe(SPECS[family])
     if num_layers is not None:
-        _set_num_layers(recipe.config, num_layers)
+        _set_num_layers(recipe.config, num_layers, family)
     extra = _generation_extra(family, generation)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

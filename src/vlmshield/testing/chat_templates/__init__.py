@@ -1,0 +1,29 @@
+"""Chat templates of the real checkpoints each tiny family imitates.
+
+Each constant is the ``chat_template`` string published with the named checkpoint (a fact about that
+checkpoint's prompt format, quoted as data so that tiny checkpoints format prompts exactly like the
+real ones), except where a module says a template was written to the family's documented format.
+They are Jinja templates rendered by ``processor.apply_chat_template``.
+
+Example:
+    >>> from vlmshield.testing import chat_templates
+    >>> "ASSISTANT:" in chat_templates.LLAVA_1_5
+    True
+"""
+
+from __future__ import annotations
+
+from vlmshield.testing.chat_templates.gemma import GEMMA3
+from vlmshield.testing.chat_templates.idefics import IDEFICS3, SMOLVLM
+from vlmshield.testing.chat_templates.llava import LLAVA_1_5, LLAVA_NEXT_MISTRAL
+from vlmshield.testing.chat_templates.qwen import QWEN2_5_VL, QWEN2_VL
+
+__all__ = [
+    "GEMMA3",
+    "IDEFICS3",
+    "LLAVA_1_5",
+    "LLAVA_NEXT_MISTRAL",
+    "QWEN2_5_VL",
+    "QWEN2_VL",
+    "SMOLVLM",
+]
