@@ -1,6 +1,9 @@
 """The ``vlmshield`` command: a thin layer over the Python API.
 
 Bad input prints one line (``error: ...``) and exits with code 2; ``--debug`` shows the traceback.
+Usage errors (a missing or unknown option, a bad value, an unknown command) print click's short usage
+message and exit with code 2 too, whichever click raised them (typer's vendored ``typer._click`` or the
+standalone ``click`` package).
 
 Example:
     $ vlmshield tiny build --family llava --out /tmp/tiny-llava
@@ -9,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 
 import typer
 
@@ -49,6 +54,51 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+@dataclass(frozen=True)
+class ClickExceptionTypes:
+    """The exception classes of every importable click: typer's vendored copy (``typer._click``, with
+    ``Exit`` and ``Abort`` in ``typer.exceptions``; typer 0.29 and later) and the standalone ``click``
+    package (what older typer releases raise)."""
+
+    click: tuple[type[BaseException], ...]  # ClickException: usage errors and the like (show + exit_code)
+    exit: tuple[type[BaseException], ...]  # Exit: a requested exit with a code (--help, ctx.exit)
+    abort: tuple[type[BaseException], ...]  # Abort: Ctrl-C / EOF at a prompt
+
+
+def _click_exception_types() -> ClickExceptionTypes:
+    found: dict[str, list[type[BaseException]]] = {"ClickException": [], "Exit": [], "Abort": []}
+    for name in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for cls_name, classes in found.items():
+            cls = getattr(module, cls_name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in classes:
+                classes.append(cls)
+    return ClickExceptionTypes(tuple(found["ClickException"]), tuple(found["Exit"]), tuple(found["Abort"]))
+
+
+def _exit_for_click(e: BaseException) -> SystemExit | None:
+    """The :class:`SystemExit` for a click exception (after showing its message), else ``None``."""
+    kinds = _click_exception_types()
+    if isinstance(e, kinds.exit):
+        return SystemExit(getattr(e, "exit_code", 0))
+    if isinstance(e, kinds.abort):
+        print("aborted", file=sys.stderr)
+        return SystemExit(130)
+    show = getattr(e, "show", None)
+    code = getattr(e, "exit_code", None)
+    if isinstance(e, kinds.click) or (callable(show) and isinstance(code, int)):
+        # a click we do not know by name (another vendored copy) is recognised by its interface
+        if callable(show):
+            show()
+        else:  # pragma: no cover - every ClickException has show()
+            print(f"error: {e}", file=sys.stderr)
+        return SystemExit(code if isinstance(code, int) else 2)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, mapping vlmshield errors to one line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -71,17 +121,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
     except SystemExit:
         raise
-    except Exception as e:  # click's usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            raise SystemExit(e.exit_code) from None
-        if isinstance(e, click.ClickException):
-            e.show()
-            raise SystemExit(e.exit_code) from None
-        if isinstance(e, click.exceptions.Abort):
-            raise SystemExit(130) from None
-        raise
+    except Exception as e:  # click's usage errors (either click) and the like
+        code = _exit_for_click(e)
+        if code is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        raise code from None
 
 
 if __name__ == "__main__":
