@@ -17,7 +17,8 @@ import statistics
 from _common import image_conversations, interleaved_times, median_ratio, tiny_llava
 
 from vlmshield import GenerationConfig
-from vlmshield.defenses.coca import Coca, coca_reference_generate
+from vlmshield.defenses.coca import Coca
+from vlmshield.defenses.coca_reference import coca_reference_generate
 
 
 def main() -> None:

@@ -7,8 +7,18 @@ import torch
 
 from vlmshield import Conversation, GenerationConfig
 from vlmshield.defenses import build_defense
-from vlmshield.defenses.coca import Coca, add_principle, calibrate_logits, coca_reference_generate
+from vlmshield.defenses.coca import (
+    OMNISAFEBENCH_PRINCIPLE,
+    Coca,
+    add_principle,
+    calibrate_logits,
+    decode_pairs,
+    template_default_system,
+)
+from vlmshield.defenses.coca_reference import coca_reference_generate
 from vlmshield.errors import UserInputError
+from vlmshield.models import load_vlm
+from vlmshield.testing import tiny_checkpoint
 
 N = 8
 GREEDY = GenerationConfig(max_new_tokens=N)
@@ -138,12 +148,99 @@ def test_alpha_changes_the_output(load_tiny, convs):
     assert strong != plain
 
 
-def test_sampling_is_seeded_and_pairs_share_tokens(load_tiny, convs):
+def test_sampling_really_samples_and_pairs_share_tokens(load_tiny, convs):
     vlm = load_tiny("llava")
-    cfg = GenerationConfig(max_new_tokens=N, do_sample=True, temperature=0.8, top_k=50, top_p=0.9, seed=3)
-    a = [r.token_ids for r in Coca(alpha=1.0).generate(vlm, convs, cfg)]
-    b = [r.token_ids for r in Coca(alpha=1.0).generate(vlm, convs, cfg)]
-    assert a == b
+    cfg = GenerationConfig(max_new_tokens=N, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=3)
+    coca = Coca(alpha=1.0)
+    p, q = coca.branches(convs)
+    pairs = decode_pairs(vlm, p, q, 1.0, cfg)
+    n = len(convs)
+    # the Q row of every pair received exactly the tokens of its P row
+    assert [pairs.token_ids[i] for i in range(n)] == [pairs.token_ids[n + i] for i in range(n)]
+    got = [r.token_ids for r in coca.generate(vlm, convs, cfg)]
+    assert got == [pairs.token_ids[i] for i in range(n)]
+    # one sample's draws are those of a naive loop sampling from the shaped calibrated distribution
+    # with the same seeded generator (a batch draws all rows at once, so only batch 1 compares)
+    alone = coca.generate(vlm, convs[:1], cfg)[0].token_ids
+    assert alone == coca_reference_generate(vlm, convs[0], p[0], 1.0, N, config=cfg)[0]
+    # and it is not greedy decoding in disguise: greedy and another seed give other tokens
+    greedy = [r.token_ids for r in coca.generate(vlm, convs, GREEDY)]
+    other = [r.token_ids for r in coca.generate(vlm, convs, cfg.with_(seed=4))]
+    assert got != greedy and got != other
+
+
+# ----------------------------------------------------------------------------- the model's own logit shaping
+@pytest.fixture(
+    params=[
+        ("llava", {"repetition_penalty": 1.05}),
+        ("qwen2_vl", "family"),
+        ("qwen2_vl", {"repetition_penalty": 1.3}),
+    ],
+    ids=["llava-rep1.05", "qwen2_vl-family", "qwen2_vl-rep1.3"],
+)
+def penalised(request):
+    family, generation = request.param
+    return load_vlm(str(tiny_checkpoint(family, generation=generation)), device="cpu")
+
+
+LONG = GenerationConfig(max_new_tokens=16)
+
+
+def test_penalised_model_alpha_two_equals_raw_logit_reference(penalised, convs):
+    assert penalised.model.generation_config.repetition_penalty > 1.0
+    coca = Coca(alpha=2.0)
+    p, _ = coca.branches(convs)
+    got = coca.generate(penalised, convs, LONG)
+    for i, conv in enumerate(convs):
+        ref, _ = coca_reference_generate(penalised, conv, p[i], 2.0, LONG.max_new_tokens)
+        assert got[i].token_ids == ref, f"row {i}"
+
+
+def test_penalised_model_alpha_minus_one_is_the_undefended_model(penalised, convs):
+    got = [r.token_ids for r in Coca(alpha=-1.0).generate(penalised, convs, LONG)]
+    assert got == [penalised.generate([c], LONG).token_ids[0] for c in convs]
+
+
+def test_penalised_model_alpha_zero_is_principle_prompting_without_penalising_the_principle(penalised, convs):
+    coca = Coca(alpha=0.0)
+    p, _ = coca.branches(convs)
+    got = [r.token_ids for r in coca.generate(penalised, convs, LONG)]
+    for i, conv in enumerate(convs):
+        assert got[i] == coca_reference_generate(penalised, conv, p[i], 0.0, LONG.max_new_tokens)[0]
+
+
+# ----------------------------------------------------------------------------- principle placement
+def test_system_position_keeps_the_templates_default_system_turn(load_tiny):
+    vlm = load_tiny("qwen2_vl")
+    assert template_default_system(vlm) == "You are a helpful assistant."
+    conv = Conversation.single("How do I do X?")
+    coca = Coca(position="system", principle="Be safe.")
+    p, q = coca.branches([conv], vlm=vlm)
+    rendered_p, rendered_q = vlm.render(p[0]), vlm.render(q[0])
+    default = "You are a helpful assistant."
+    assert rendered_p == rendered_q.replace(default, default + "\n\nBe safe.", 1)
+    assert template_default_system(load_tiny("llava")) is None
+
+
+def test_system_position_on_a_template_without_system_turns_is_refused(load_tiny):
+    class NoSystem:
+        name = "no-system"
+
+        def render(self, conv):
+            return conv.last_user_text
+
+    conv = Conversation.single("q")
+    with pytest.raises(UserInputError, match="position=before"):
+        Coca(position="system").generate(NoSystem(), [conv], GREEDY)  # type: ignore[arg-type]
+
+
+def test_omnisafebench_preset():
+    coca = build_defense("coca:preset=omnisafebench")
+    spec = coca.spec()
+    assert spec["alpha"] == 4.0 and spec["principle"] == OMNISAFEBENCH_PRINCIPLE
+    p, _ = coca.branches([Conversation.single("How do I do X?")])
+    assert p[0].last_user_text == OMNISAFEBENCH_PRINCIPLE + " How do I do X?"
+    assert build_defense("coca:preset=omnisafebench,alpha=2").spec()["alpha"] == 2.0
 
 
 def test_cost_is_recorded(load_tiny, convs):
@@ -154,9 +251,10 @@ def test_cost_is_recorded(load_tiny, convs):
 
 
 @pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl", "idefics3", "smolvlm", "gemma3"])
-def test_every_family_runs_and_alpha_zero_holds(load_tiny, convs, family):
+def test_every_family_alpha_two_equals_the_reference(load_tiny, convs, family):
     vlm = load_tiny(family)
-    coca = Coca(alpha=0.0)
+    coca = Coca(alpha=2.0)
     p, _ = coca.branches(convs)
     got = [r.token_ids for r in coca.generate(vlm, convs, GenerationConfig(max_new_tokens=4))]
-    assert got == vlm.generate(p, GenerationConfig(max_new_tokens=4)).token_ids
+    for i, conv in enumerate(convs):
+        assert got[i] == coca_reference_generate(vlm, conv, p[i], 2.0, 4)[0], f"row {i}"

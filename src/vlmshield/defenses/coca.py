@@ -14,9 +14,22 @@ computes the calibrated logits of each pair, picks the token (greedy or sampled 
 distribution) and forces that same token on both rows of the pair. Everything the family's generate
 does (multimodal rotary positions, attention masks, caches) stays the model's own.
 
+Order of operations (our choice, documented in ``docs/defenses.md``): transformers' ``generate`` runs
+the logits processors of the model's ``generation_config`` *before* custom processors, so a real
+checkpoint's ``repetition_penalty`` (Qwen2-VL ships 1.05) would penalise each branch against its own
+prompt and ``1 + alpha`` would amplify that artefact. Here the outer ``generate`` keeps only the
+processors that act identically on both rows of a pair (minimum length, forced and suppressed
+tokens); the logit shaping that depends on a row's context or shapes the distribution (sequence bias,
+repetition penalty, no-repeat n-grams, bad words; temperature, top-k, top-p, min-p, typical,
+epsilon, eta when sampling) runs **once, after calibration**, over the Q row without its padding,
+i.e. the conversation without the principle plus the generated tokens, exactly as the undefended
+model would apply it. Hence ``alpha = -1`` equals the undefended model with its own configuration,
+and the principle's words are never penalised.
+
 Default ``alpha = 1.0`` (guidance scale 2): it doubles the principle's effect on the logits while
-keeping outputs fluent on small models; a public re-implementation (OmniSafeBench-MM) uses 4, which
-pushes harder at a higher risk of over-refusal and degenerate text. Sweep it on your model.
+keeping outputs fluent on small models. ``preset=omnisafebench`` reproduces the public
+re-implementation in OmniSafeBench-MM (``config/defenses/coca.yaml``: alpha 4 and its principle text;
+``defenses/utils.py``: the principle joined to the question with one space before it, greedy).
 
 Example:
     >>> from vlmshield.defenses import build_defense
@@ -26,25 +39,33 @@ Example:
 
 from __future__ import annotations
 
-import time
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from transformers import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     LogitsProcessor,
     LogitsProcessorList,
+    MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 from vlmshield.conversation import Conversation
 from vlmshield.defenses.base import DefenseResult
 from vlmshield.defenses.registry import DEFENSES, DefenseConfig, validate_config
 from vlmshield.errors import UserInputError
-from vlmshield.generation import Cost, GenerationConfig
+from vlmshield.generation import Cost, GenerationConfig, GenerationOutput
 
 if TYPE_CHECKING:
     from vlmshield.models import VLM
@@ -55,7 +76,25 @@ DEFAULT_PRINCIPLE = (
     "the text or shown in the image; refuse such requests briefly."
 )
 
+#: The principle of the public re-implementation in OmniSafeBench-MM (``config/defenses/coca.yaml``,
+#: ``safety_principle``), quoted as a method parameter.
+OMNISAFEBENCH_PRINCIPLE = (
+    "The assistant should answer in a harmless, ethical and inoffensive manner. "
+    "The assistant cannot provide answers related to illegal activities."
+)
+
 Position = Literal["system", "before", "after"]
+
+#: Values each preset gives to the arguments not passed explicitly.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "omnisafebench": {
+        "alpha": 4.0,
+        "principle": OMNISAFEBENCH_PRINCIPLE,
+        "position": "before",
+        "separator": " ",
+    },
+}
 
 
 def calibrate_logits(z_p: torch.Tensor, z_q: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -77,14 +116,23 @@ def calibrate_logits(z_p: torch.Tensor, z_q: torch.Tensor, alpha: float) -> torc
 
 
 class CocaConfig(DefenseConfig):
-    """CoCA's arguments (all validated)."""
+    """CoCA's arguments (all validated). ``preset`` fills every argument not given explicitly."""
 
+    preset: Literal["default", "omnisafebench"] = "default"
     alpha: float = Field(1.0, ge=-1.0, le=50.0, description="calibration strength; 0 = principle prompting")
     principle: str = DEFAULT_PRINCIPLE
     principles: dict[str, str] = Field(
         default_factory=dict, description="per-category principles; other categories use `principle`"
     )
     position: Position = "before"
+    separator: str = Field("\n\n", description="between the principle and the user's text (before/after)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("preset", "default"), str):
+            return {**PRESETS.get(data.get("preset", "default"), {}), **data}
+        return data
 
     @field_validator("principle")
     @classmethod
@@ -94,54 +142,194 @@ class CocaConfig(DefenseConfig):
         return v
 
 
-def add_principle(conv: Conversation, principle: str, position: Position) -> Conversation:
-    """The P branch: ``conv`` with ``principle`` in the system turn, or before/after the user's text."""
+def add_principle(
+    conv: Conversation,
+    principle: str,
+    position: Position,
+    *,
+    separator: str = "\n\n",
+    default_system: str | None = None,
+) -> Conversation:
+    """The P branch: ``conv`` with ``principle`` in the system turn, or before/after the user's text.
+
+    ``default_system`` is the system text the chat template injects when a conversation has none
+    (Qwen2-VL: "You are a helpful assistant."): with ``position="system"`` P keeps it and adds the
+    principle, so that P and Q differ by the principle only.
+
+    Example:
+        >>> add_principle(Conversation.single("q"), "Be safe.", "before").last_user_text
+        'Be safe.\n\nq'
+    """
     if position == "system":
-        system = conv.system_text
+        system = conv.system_text if conv.system_text is not None else default_system
         return conv.with_system(f"{system}\n\n{principle}" if system else principle)
     text = conv.last_user_text
-    new = f"{principle}\n\n{text}" if position == "before" else f"{text}\n\n{principle}"
+    new = f"{principle}{separator}{text}" if position == "before" else f"{text}{separator}{principle}"
     return conv.with_last_user_text(new)
 
 
+_SYSTEM_PROBE, _USER_PROBE = "\x01SYSTEM\x01", "\x01USER\x01"
+
+
+def template_default_system(vlm: VLM) -> str | None:
+    """The system text ``vlm``'s chat template adds to a conversation that has no system turn.
+
+    Found by rendering a probe with and without a system turn: when the template writes the same
+    system block around some other text, that text is its default. ``None`` when it adds none.
+
+    Example:
+        >>> template_default_system(qwen2_vl)  # doctest: +SKIP
+        'You are a helpful assistant.'
+    """
+    with_system = vlm.render(Conversation.single(_USER_PROBE, system=_SYSTEM_PROBE))
+    without = vlm.render(Conversation.single(_USER_PROBE))
+    if _SYSTEM_PROBE not in with_system:
+        return None
+    prefix, _, rest = with_system.partition(_SYSTEM_PROBE)
+    middle = rest.partition(_USER_PROBE)[0]
+    if not without.startswith(prefix) or not middle:
+        return None
+    end = without.find(middle + _USER_PROBE, len(prefix))
+    default = without[len(prefix) : end] if end >= 0 else ""
+    return default or None
+
+
+def shaping_processors(hf_config: Any, device: str = "cpu") -> LogitsProcessorList:
+    """The logit shaping CoCA applies once, after calibration, built from an effective transformers
+    ``GenerationConfig`` (the model's own merged with the caller's), in transformers' order."""
+    c = hf_config
+    out = LogitsProcessorList()
+    if c.sequence_bias is not None:
+        out.append(SequenceBiasLogitsProcessor(sequence_bias=c.sequence_bias))
+    if c.repetition_penalty is not None and c.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(penalty=c.repetition_penalty))
+    if c.no_repeat_ngram_size is not None and c.no_repeat_ngram_size > 0:
+        out.append(NoRepeatNGramLogitsProcessor(c.no_repeat_ngram_size))
+    if c.bad_words_ids is not None:
+        out.append(NoBadWordsLogitsProcessor(c.bad_words_ids, eos_token_id=c.eos_token_id))
+    if c.do_sample:
+        if c.temperature is not None and c.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(c.temperature))
+        if c.top_k is not None and c.top_k != 0:
+            out.append(TopKLogitsWarper(top_k=c.top_k))
+        if c.top_p is not None and c.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=c.top_p))
+        if c.min_p is not None:
+            out.append(MinPLogitsWarper(min_p=c.min_p))
+        if c.typical_p is not None and c.typical_p < 1.0:
+            out.append(TypicalLogitsWarper(mass=c.typical_p))
+        if c.epsilon_cutoff is not None and 0.0 < c.epsilon_cutoff < 1.0:
+            out.append(EpsilonLogitsWarper(epsilon=c.epsilon_cutoff))
+        if c.eta_cutoff is not None and 0.0 < c.eta_cutoff < 1.0:
+            out.append(EtaLogitsWarper(epsilon=c.eta_cutoff, device=device))
+    return out
+
+
+#: Fields of a transformers ``GenerationConfig`` whose processors :func:`shaping_processors` applies
+#: after calibration; the outer ``generate`` runs with them switched off.
+SHAPING_FIELDS: dict[str, Any] = {
+    "sequence_bias": None,
+    "repetition_penalty": None,
+    "no_repeat_ngram_size": None,
+    "bad_words_ids": None,
+    "encoder_repetition_penalty": None,
+    "encoder_no_repeat_ngram_size": None,
+    "guidance_scale": None,
+    "watermarking_config": None,
+    "do_sample": False,
+    "temperature": None,
+    "top_k": None,
+    "top_p": None,
+    "min_p": None,
+    "typical_p": None,
+    "epsilon_cutoff": None,
+    "eta_cutoff": None,
+}
+
+
 class PairedCalibration(LogitsProcessor):
-    """Rows ``[0, B)`` are P branches, ``[B, 2B)`` their Q twins.
+    """Rows ``[0, B)`` are P branches, ``[B, 2B)`` their Q twins; raw logits in, one token per pair out.
 
-    Greedy: both rows of a pair get the pair's calibrated logits, so generate's argmax picks the same
-    token for both. Sampling: the token is drawn here from the calibrated distribution (seeded) and
-    forced on both rows, so generate must run greedy."""
+    Each step: calibrate the pair's logits, apply ``shaping`` (see :func:`shaping_processors`) over
+    the Q row's own context (its padding removed), then pick the token (greedy, or drawn from the
+    shaped distribution with a seeded generator) and force it on both rows. ``pad_left[i]`` is the
+    number of left-padding positions of Q row ``i``.
+    """
 
-    def __init__(self, alpha: float, config: GenerationConfig) -> None:
+    def __init__(
+        self,
+        alpha: float,
+        config: GenerationConfig,
+        shaping: LogitsProcessorList | None = None,
+        pad_left: Sequence[int] | None = None,
+    ) -> None:
         self.alpha = alpha
         self.config = config
-        self.warpers = LogitsProcessorList()
-        if config.do_sample:
-            if config.temperature != 1.0:
-                self.warpers.append(TemperatureLogitsWarper(config.temperature))
-            if config.top_k:
-                self.warpers.append(TopKLogitsWarper(config.top_k))
-            if config.top_p < 1.0:
-                self.warpers.append(TopPLogitsWarper(config.top_p))
+        self.shaping = shaping if shaping is not None else LogitsProcessorList()
+        self.pad_left = list(pad_left) if pad_left is not None else None
         self.generator: torch.Generator | None = None
         self.steps = 0
+
+    def _shape(self, q_ids: torch.LongTensor, z: torch.Tensor) -> torch.Tensor:
+        if not self.shaping:
+            return z
+        pads = self.pad_left or [0] * z.shape[0]
+        if len(set(pads)) == 1:
+            return self.shaping(q_ids[:, pads[0] :], z)  # type: ignore[arg-type]
+        rows = [
+            self.shaping(q_ids[i : i + 1, pad:], z[i : i + 1])  # type: ignore[arg-type]
+            for i, pad in enumerate(pads)
+        ]
+        return torch.cat(rows)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         half = scores.shape[0] // 2
         z = calibrate_logits(scores[:half].float(), scores[half:].float(), self.alpha)
+        z = self._shape(input_ids[half:], z)  # type: ignore[arg-type]
         self.steps += 1
         if not self.config.do_sample:
-            # greedy: both rows of a pair get the calibrated logits, so generate's argmax picks the same
-            # token for both
-            return torch.cat([z, z])  # type: ignore[return-value]
-        z = self.warpers(input_ids[:half], z)  # type: ignore[arg-type]
-        if self.generator is None:
-            self.generator = torch.Generator(device=z.device)
-            self.generator.manual_seed(self.config.seed if self.config.seed is not None else 0)
-        chosen = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=self.generator).squeeze(1)
+            chosen = z.argmax(dim=-1)
+        else:
+            if self.generator is None:
+                self.generator = torch.Generator(device=z.device)
+                self.generator.manual_seed(self.config.seed if self.config.seed is not None else 0)
+            chosen = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=self.generator).squeeze(1)
         forced = torch.full_like(scores, float("-inf"))
         rows = torch.arange(scores.shape[0], device=scores.device)
         forced[rows, torch.cat([chosen, chosen])] = 0.0
         return forced  # type: ignore[return-value]
+
+
+def decode_pairs(
+    vlm: VLM,
+    principle: Sequence[Conversation],
+    plain: Sequence[Conversation],
+    alpha: float,
+    config: GenerationConfig,
+) -> GenerationOutput:
+    """Calibrated decoding of the P / Q pairs as one KV-cached batch of ``2B`` rows.
+
+    Returns the ``2B`` rows' output: row ``i`` (P) and row ``B + i`` (Q) carry the same tokens.
+
+    Example:
+        >>> out = decode_pairs(vlm, [p], [q], 1.0, GenerationConfig(max_new_tokens=8))  # doctest: +SKIP
+        >>> out.token_ids[0] == out.token_ids[1]  # doctest: +SKIP
+        True
+    """
+    if len(principle) != len(plain):
+        raise UserInputError(f"{len(principle)} principle branches for {len(plain)} conversations")
+    inputs = vlm.encode([*principle, *plain])
+    n = len(plain)
+    pad_left = (inputs["attention_mask"][n:] == 0).sum(dim=1).tolist()
+    effective = vlm._hf_generation_config(config)
+    calib = PairedCalibration(alpha, config, shaping_processors(effective, str(vlm.device)), pad_left)
+    outer = copy.deepcopy(vlm.model.generation_config)
+    for key, value in SHAPING_FIELDS.items():
+        if hasattr(outer, key):
+            setattr(outer, key, value)
+    return vlm.generate_from_inputs(
+        inputs, config.with_(do_sample=False), logits_processors=[calib], base_generation_config=outer
+    )
 
 
 class Coca:
@@ -166,14 +354,31 @@ class Coca:
         return self.config.principle
 
     def branches(
-        self, conversations: Sequence[Conversation], categories: Sequence[str | None] | None = None
+        self,
+        conversations: Sequence[Conversation],
+        categories: Sequence[str | None] | None = None,
+        *,
+        vlm: VLM | None = None,
     ) -> tuple[list[Conversation], list[Conversation]]:
-        """The P (with principle) and Q (without) conversations."""
+        """The P (with principle) and Q (without) conversations.
+
+        With ``position=system`` and a ``vlm`` whose template injects a default system turn, P keeps
+        that default and adds the principle (see :func:`template_default_system`).
+        """
         cats = list(categories) if categories is not None else [None] * len(conversations)
         if len(cats) != len(conversations):
             raise UserInputError(f"{len(cats)} categories for {len(conversations)} conversations")
+        default = None
+        if self.config.position == "system" and vlm is not None:
+            default = template_default_system(vlm)
         p = [
-            add_principle(c, self.principle_for(cat), self.config.position)
+            add_principle(
+                c,
+                self.principle_for(cat),
+                self.config.position,
+                separator=self.config.separator,
+                default_system=default,
+            )
             for c, cat in zip(conversations, cats, strict=True)
         ]
         return p, list(conversations)
@@ -187,10 +392,13 @@ class Coca:
         categories: Sequence[str | None] | None = None,
     ) -> list[DefenseResult]:
         config = config or GenerationConfig()
-        p, q = self.branches(conversations, categories)
-        calib = PairedCalibration(self.config.alpha, config)
-        greedy = config.with_(do_sample=False)
-        out = vlm.generate([*p, *q], greedy, logits_processors=[calib])
+        p, q = self.branches(conversations, categories, vlm=vlm)
+        if self.config.position == "system" and p and vlm.render(p[0]) == vlm.render(q[0]):
+            raise UserInputError(
+                f"the chat template of {vlm.name} ignores system turns, so position=system adds no "
+                "principle; use coca:position=before"
+            )
+        out = decode_pairs(vlm, p, q, self.config.alpha, config)
         n = len(conversations)
         results = []
         for i in range(n):
@@ -213,51 +421,6 @@ class Coca:
                 )
             )
         return results
-
-
-def append_tokens(inputs: dict[str, Any], tokens: torch.Tensor) -> dict[str, Any]:
-    """``inputs`` with ``tokens`` (``[B, k]``) appended; per-token side inputs are extended with 0."""
-    out = dict(inputs)
-    ids = inputs["input_ids"]
-    k = tokens.shape[1]
-    for key, value in inputs.items():
-        if key == "input_ids":
-            out[key] = torch.cat([value, tokens.to(value)], dim=1)
-        elif key == "attention_mask":
-            out[key] = torch.cat([value, value.new_ones(value.shape[0], k)], dim=1)
-        elif isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == ids.shape:
-            out[key] = torch.cat([value, value.new_zeros(value.shape[0], k)], dim=1)
-    return out
-
-
-@torch.inference_mode()
-def coca_reference_generate(
-    vlm: VLM,
-    conversation: Conversation,
-    principle_conversation: Conversation,
-    alpha: float,
-    max_new_tokens: int,
-) -> tuple[list[int], float]:
-    """Naive CoCA for one sample: both full sequences recomputed every step, no KV cache.
-
-    A slow, obviously-correct reference for tests and the overhead benchmark. Returns the new token ids
-    (EOS excluded) and the wall time.
-    """
-    t0 = time.perf_counter()
-    p_in = dict(vlm.encode([principle_conversation]))
-    q_in = dict(vlm.encode([conversation]))
-    stop = set(vlm.eos_token_ids)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        z_p = vlm.model(**p_in, use_cache=False).logits[:, -1, :].float()
-        z_q = vlm.model(**q_in, use_cache=False).logits[:, -1, :].float()
-        token = int(calibrate_logits(z_p, z_q, alpha).argmax(dim=-1))
-        if token in stop:
-            break
-        new.append(token)
-        t = torch.tensor([[token]], device=vlm.device)
-        p_in, q_in = append_tokens(p_in, t), append_tokens(q_in, t)
-    return new, time.perf_counter() - t0
 
 
 DEFENSES.register("coca", Coca)

@@ -217,8 +217,10 @@ class VLM:
         return spans
 
     # ------------------------------------------------------------------ generation
-    def _hf_generation_config(self, config: GenerationConfig) -> Any:
-        gen = copy.deepcopy(self.model.generation_config)  # type: ignore[attr-defined]
+    def _hf_generation_config(self, config: GenerationConfig, base: Any = None) -> Any:
+        """The transformers ``GenerationConfig`` that ``generate`` uses: ``base`` (default: the
+        model's own ``generation_config``, with its repetition penalty etc.) with ``config`` applied."""
+        gen = copy.deepcopy(base if base is not None else self.model.generation_config)  # type: ignore[attr-defined]
         gen.max_new_tokens = config.max_new_tokens
         gen.min_new_tokens = config.min_new_tokens
         gen.max_length = None
@@ -255,18 +257,31 @@ class VLM:
         config: GenerationConfig | None = None,
         *,
         logits_processors: Sequence[LogitsProcessor] | None = None,
+        base_generation_config: Any = None,
     ) -> GenerationOutput:
-        """Generate from already encoded inputs (see :meth:`encode`)."""
+        """Generate from already encoded inputs (see :meth:`encode`).
+
+        ``base_generation_config`` replaces the model's own ``generation_config`` as the base that
+        ``config`` is applied to (defenses that must control which logit processors run use it).
+        """
         config = config or GenerationConfig()
         cost = Cost(calls=1)
         if config.seed is not None:
             torch.manual_seed(config.seed)
+        own = self.model.generation_config
         with timed(cost):
-            sequences = self.model.generate(  # type: ignore[attr-defined]
-                **inputs,
-                generation_config=self._hf_generation_config(config),
-                logits_processor=LogitsProcessorList(logits_processors or []),
-            )
+            # generate fills every unset (None) field of the config it is given from the model's own
+            # generation_config, so a different base must stand in for the model's own meanwhile.
+            if base_generation_config is not None:
+                self.model.generation_config = base_generation_config
+            try:
+                sequences = self.model.generate(  # type: ignore[attr-defined]
+                    **inputs,
+                    generation_config=self._hf_generation_config(config, base_generation_config),
+                    logits_processor=LogitsProcessorList(logits_processors or []),
+                )
+            finally:
+                self.model.generation_config = own
         prompt_len = inputs["input_ids"].shape[1]
         new = sequences[:, prompt_len:].tolist()
         num_prompt = inputs["attention_mask"].sum(dim=1).tolist()
