@@ -39,7 +39,7 @@ def vectors(vlm, convs, tmp_path):
 
 def test_calibration_equals_the_expected_mean(vlm, convs):
     anchors = [convs[0], convs[2]]
-    got = calibrate_cmrm(vlm, anchors, batch_size=1)
+    got = calibrate_cmrm(vlm, anchors, batch_size=1, mode="compounding")
     expected = []
     for conv in anchors:  # computed independently, one input at a time, from output_hidden_states
         hs = []

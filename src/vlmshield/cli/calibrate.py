@@ -25,6 +25,13 @@ def cmrm(
     model: str = ModelOpt,
     corruption: str = typer.Option("blank", "--corruption", help="blank or noise."),
     aggregator: str = typer.Option("mean", "--aggregator", help="mean or pca."),
+    mode: str = typer.Option(
+        "sequential", "--mode", help="sequential (default), increments or compounding (see docs/defenses.md)."
+    ),
+    positions: str = typer.Option(
+        "all", "--positions", help="Positions the defense will steer: all, last_and_generated or generated."
+    ),
+    layers: str = typer.Option("all", "--layers", help="Decoder layers: all, a:b or i;j;k."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N anchors."),
     seed: int = typer.Option(0, "--seed"),
@@ -32,7 +39,9 @@ def cmrm(
     dtype: str = DtypeOpt,
 ) -> None:
     """Estimate v_l = h_l(text only) - h_l(corrupted image) over ANCHOR and save it to OUT."""
-    from vlmshield.defenses.cmrm import calibrate_cmrm, load_anchor_conversations
+    from vlmshield.defenses.cmrm import calibrate_cmrm, load_anchor_conversations, parse_layers
+    from vlmshield.defenses.cmrm_vectors import MODES
+    from vlmshield.defenses.steering import POSITIONS
     from vlmshield.errors import UserInputError
     from vlmshield.models import load_vlm
 
@@ -40,6 +49,10 @@ def cmrm(
         raise UserInputError(f"unknown corruption {corruption!r}; use blank or noise")
     if aggregator not in ("mean", "pca"):
         raise UserInputError(f"unknown aggregator {aggregator!r}; use mean or pca")
+    if mode not in MODES:
+        raise UserInputError(f"unknown mode {mode!r}; use {', '.join(MODES)}")
+    if positions not in POSITIONS:
+        raise UserInputError(f"unknown positions {positions!r}; use {', '.join(POSITIONS)}")
     if out.suffix != ".safetensors":
         raise UserInputError(f"--out must end in .safetensors (got {out.name})")
     anchors = load_anchor_conversations(anchor, limit=limit)
@@ -49,6 +62,9 @@ def cmrm(
         anchors,
         corruption=corruption,  # type: ignore[arg-type]
         aggregator=aggregator,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        positions=positions,  # type: ignore[arg-type]
+        layers=parse_layers(layers, vlm.num_layers),
         batch_size=batch_size,
         seed=seed,
         progress=True,

@@ -1,21 +1,27 @@
 """CMRM: cross-modality representation manipulation (arXiv 2410.09047).
 
-An image shifts the VLM's hidden states away from the text-only distribution its language backbone
-was aligned on. CMRM estimates that shift at every language-model decoder layer ``l``, at the last
-prompt token, as
+The paper's abstract (shared/seeds): the representations of multimodal inputs shift away from those
+of text-only inputs, which are what the language backbone was aligned on; CMRM is an inference-time
+intervention on the representations that recovers the backbone's alignment (LLaVA-7B's unsafe rate
+61.53% -> 3.15%). Our implementation estimates that shift at the language model's decoder layers as
 
     v_l = h_l(text-only input) - h_l(input with a corrupted image)
 
-(corruption: a blank image by default, or seeded Gaussian noise) and adds ``alpha * v_l`` back to the
-layer's output while generating.
+(corruption: a blank image by default, or seeded noise) and adds ``alpha`` times it back to the
+layer's output while generating, so that at each steered layer the image input's state is moved by
+``alpha * v_l`` towards the text-only one. Because the residual stream carries each layer's addition
+on, adding every ``v_l`` at once compounds; ``mode`` chooses how that is handled (see
+:mod:`vlmshield.defenses.cmrm_vectors`; default ``sequential``, chosen by the measurements in
+``docs/defenses.md``).
 
 - Dataset level: vectors averaged over an anchor set (or its first principal direction), calibrated
-  once with :func:`calibrate_cmrm` and saved as ``.safetensors`` (:class:`SteeringVectors`).
-- Sample level: each input's own vectors from its own two extra prefills, per row within a batch.
+  once with :func:`calibrate_cmrm` and saved as ``.safetensors`` (:class:`SteeringVectors`, with every
+  calibration setting in its metadata). Rows without an image are never shifted.
+- Sample level: each input's own vectors from its own extra prefills, per row within a batch.
 
-Defaults: all decoder layers (the paper finds all are needed), all positions, alpha 1.0 at dataset
-level and 0.5 at sample level (the paper uses a smaller alpha for sample level). The positions are not
-specified by the paper; ``positions=last_and_generated`` or ``generated`` are available.
+Our choices, not statements of the paper (whose full text we could not read): the state is taken at
+the last prompt token; all decoder layers are steered by default; positions ``all``; alpha 1.0 at
+dataset level and 0.5 at sample level. Each is a parameter.
 
 Example:
     >>> vecs = calibrate_cmrm(vlm, anchors)  # doctest: +SKIP
@@ -25,8 +31,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,79 +43,22 @@ from pydantic import Field, field_validator
 import vlmshield
 from vlmshield.conversation import Conversation
 from vlmshield.defenses.base import DefenseResult
+from vlmshield.defenses.cmrm_vectors import (
+    DEFAULT_MODE,
+    Aggregator,
+    Corruption,
+    Mode,
+    aggregate,
+    anchor_checksum,
+    shift_vectors,
+)
 from vlmshield.defenses.registry import DEFENSES, DefenseConfig, validate_config
 from vlmshield.defenses.steering import Positions, SteeringVectors, steer
 from vlmshield.errors import UserInputError
 from vlmshield.generation import Cost, GenerationConfig
-from vlmshield.images import as_pil
 
 if TYPE_CHECKING:
     from vlmshield.models import VLM
-
-Aggregator = Literal["mean", "pca"]
-Corruption = Literal["blank", "noise"]
-
-
-def anchor_checksum(conversations: Sequence[Conversation]) -> str:
-    """sha256 over the anchor set's texts and image pixels (order matters)."""
-    h = hashlib.sha256()
-    for conv in conversations:
-        for m in conv.messages:
-            h.update(m.role.encode() + b"\0" + m.text.encode() + b"\0")
-            for im in m.images:
-                pil = as_pil(im)
-                h.update(f"{pil.size}".encode() + pil.tobytes())
-    return h.hexdigest()
-
-
-def shift_vectors(
-    vlm: VLM,
-    conversations: Sequence[Conversation],
-    *,
-    corruption: Corruption = "blank",
-    seed: int = 0,
-    layers: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, Cost]:
-    """Per-sample shifts ``h(text-only) - h(corrupted image)`` at the last prompt token.
-
-    Returns ``[B, L, H]`` (float32, on the model's device) for the chosen layers (all by default) and
-    the cost of the one batched forward pass of 2B rows.
-    """
-    layer_ids = list(range(vlm.num_layers)) if layers is None else list(layers)
-    texts = [c.text_only() for c in conversations]
-    corrupted = [c.with_replaced_images(corruption, seed=seed) for c in conversations]
-    out = vlm.forward([*texts, *corrupted], layers=layer_ids)
-    b = len(conversations)
-    stacked = torch.stack([out.hidden[i] for i in layer_ids], dim=1)  # [2B, L, H]
-    return stacked[:b] - stacked[b:], out.cost
-
-
-def aggregate(shifts: torch.Tensor, aggregator: Aggregator) -> torch.Tensor:
-    """``[N, L, H]`` -> ``[L, H]``.
-
-    ``mean``: the average shift. ``pca``: per layer, the first principal direction of the (uncentred)
-    shifts, sign aligned with the mean and scaled by the mean's projection on it, so alpha keeps the
-    same meaning as with ``mean``.
-
-    Example:
-        >>> aggregate(torch.ones(3, 2, 4), "mean").shape
-        torch.Size([2, 4])
-    """
-    mean = shifts.mean(dim=0)
-    if aggregator == "mean":
-        return mean
-    if aggregator != "pca":
-        raise UserInputError(f"unknown aggregator {aggregator!r}; use mean or pca")
-    out = torch.empty_like(mean)
-    for layer in range(shifts.shape[1]):
-        x = shifts[:, layer, :].double()
-        _, _, vh = torch.linalg.svd(x, full_matrices=False)
-        direction = vh[0]
-        proj = torch.dot(mean[layer].double(), direction)
-        if proj < 0:
-            direction, proj = -direction, -proj
-        out[layer] = (proj * direction).to(out.dtype)
-    return out
 
 
 def calibrate_cmrm(
@@ -118,28 +67,39 @@ def calibrate_cmrm(
     *,
     corruption: Corruption = "blank",
     aggregator: Aggregator = "mean",
+    mode: Mode = DEFAULT_MODE,
+    positions: Positions = "all",
+    layers: Sequence[int] | None = None,
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
 ) -> SteeringVectors:
     """Dataset-level CMRM vectors from an anchor set of conversations with images.
 
+    Each anchor's vectors are measured alone (per row, so the result does not depend on
+    ``batch_size``) and then aggregated. ``mode`` and ``positions`` must be those the defense will
+    use: ``sequential`` vectors are measured with the earlier layers steered at those positions.
+
     Example:
         >>> vecs = calibrate_cmrm(vlm, [Conversation.single("q", images=["a.png"])])  # doctest: +SKIP
     """
     if not anchors:
         raise UserInputError("the anchor set is empty; give (image, query) pairs")
-    if not any(c.num_images for c in anchors):
+    with_images = [c for c in anchors if c.num_images]
+    if not with_images:
         raise UserInputError("no anchor has an image; CMRM needs (image, query) pairs")
-    batches = [anchors[i : i + batch_size] for i in range(0, len(anchors), batch_size)]
+    layer_ids = list(range(vlm.num_layers)) if layers is None else list(layers)
+    batches = [with_images[i : i + batch_size] for i in range(0, len(with_images), batch_size)]
     parts: list[torch.Tensor] = []
     iterator: Sequence[Sequence[Conversation]] = batches
     if progress:
         from rich.progress import track
 
         iterator = list(track(batches, description="calibrating CMRM"))  # type: ignore[arg-type]
-    for k, batch in enumerate(iterator):
-        shifts, _ = shift_vectors(vlm, batch, corruption=corruption, seed=seed + k * batch_size)
+    for batch in iterator:
+        shifts, _ = shift_vectors(
+            vlm, batch, corruption=corruption, seed=seed, layers=layer_ids, mode=mode, positions=positions
+        )
         parts.append(shifts.float().cpu())
     vectors = aggregate(torch.cat(parts), aggregator)
     cfg = vlm.model.config
@@ -150,14 +110,16 @@ def calibrate_cmrm(
         "model_type": vlm.family,
         "hidden_size": str(vlm.hidden_size),
         "num_layers": str(vlm.num_layers),
+        "mode": mode,
+        "positions": positions,
         "aggregator": aggregator,
         "corruption": corruption,
         "seed": str(seed),
-        "anchor_checksum": anchor_checksum(anchors),
-        "anchor_size": str(len(anchors)),
+        "anchor_checksum": anchor_checksum(with_images),
+        "anchor_size": str(len(with_images)),
         "vlmshield_version": vlmshield.__version__,
     }
-    return SteeringVectors(vectors, list(range(vlm.num_layers)), meta)
+    return SteeringVectors(vectors, layer_ids, meta)
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -192,6 +154,12 @@ class CmrmConfig(DefenseConfig):
     level: Literal["dataset", "sample"] | None = Field(None, description="default: dataset if vectors given")
     vectors: Path | None = None
     alpha: float | None = Field(None, ge=-100.0, le=100.0, description="default 1.0 dataset, 0.5 sample")
+    mode: Mode | None = Field(
+        None, description="sequential | increments | compounding; default: the vectors' own, else sequential"
+    )
+    allow_mismatch: bool = Field(
+        False, description="apply vectors calibrated on another architecture (a warning instead of an error)"
+    )
     layers: str = "all"
     positions: Positions = "all"
     corruption: Corruption = "blank"
@@ -228,8 +196,24 @@ class Cmrm:
                 "cmrm level=dataset needs vectors=PATH (build them with `vlmshield calibrate cmrm`)"
             )
         alpha = cfg.alpha if cfg.alpha is not None else (1.0 if level == "dataset" else 0.5)
-        self.config = cfg.model_copy(update={"level": level, "alpha": alpha})
         self.vectors = SteeringVectors.load(cfg.vectors) if cfg.vectors is not None else None
+        mode = cfg.mode
+        if self.vectors is not None:
+            made = self.vectors.metadata.get("mode", "compounding")  # files before modes held raw shifts
+            if mode is not None and mode != made:
+                raise UserInputError(
+                    f"the vectors in {cfg.vectors} were calibrated with mode={made}; apply them with "
+                    f"mode={made} or calibrate new ones with --mode {mode}"
+                )
+            mode = made  # type: ignore[assignment]
+            calibrated_at = self.vectors.metadata.get("positions")
+            if mode == "sequential" and calibrated_at and calibrated_at != cfg.positions:
+                warnings.warn(
+                    f"the sequential vectors in {cfg.vectors} were measured steering positions="
+                    f"{calibrated_at}, but positions={cfg.positions} is applied",
+                    stacklevel=2,
+                )
+        self.config = cfg.model_copy(update={"level": level, "alpha": alpha, "mode": mode or DEFAULT_MODE})
 
     @property
     def alpha(self) -> float:
@@ -256,15 +240,29 @@ class Cmrm:
         t0 = time.perf_counter()
         if self.config.level == "dataset":
             assert self.vectors is not None
-            self.vectors.check_compatible(vlm)
+            self.vectors.check_compatible(vlm, allow_mismatch=self.config.allow_mismatch)
             index = {layer: k for k, layer in enumerate(self.vectors.layers)}
             missing = [i for i in layers if i not in index]
             if missing:
                 raise UserInputError(f"the steering vectors have no vector for layers {missing}")
-            vecs = self.vectors.vectors[[index[i] for i in layers]].to(vlm.device)
+            if self.config.mode != "compounding" and layers != self.vectors.layers:
+                raise UserInputError(
+                    f"{self.config.mode} vectors hold per-layer corrections for layers "
+                    f"{self.vectors.layers}; calibrate new ones for layers={self.config.layers}"
+                )
+            shared = self.vectors.vectors[[index[i] for i in layers]].to(vlm.device)
+            # rows without an image are never shifted (as at sample level, where their shift is 0)
+            has_image = torch.tensor([c.num_images > 0 for c in conversations], device=vlm.device)
+            vecs = shared[None] * has_image[:, None, None]
         else:
             vecs, extra = shift_vectors(
-                vlm, conversations, corruption=self.config.corruption, seed=self.config.seed, layers=layers
+                vlm,
+                conversations,
+                corruption=self.config.corruption,
+                seed=self.config.seed,
+                layers=layers,
+                mode=self.config.mode or DEFAULT_MODE,
+                positions=self.config.positions,
             )
         prep_time = time.perf_counter() - t0
         with steer(vlm, vecs, alpha=self.alpha, layers=layers, positions=self.config.positions):
@@ -279,7 +277,11 @@ class Cmrm:
                 wall_time_s=(out.cost.wall_time_s + prep_time) / n,
                 calls=1 + extra.calls,
             )
-            details: dict[str, Any] = {"level": self.config.level, "alpha": self.alpha}
+            details: dict[str, Any] = {
+                "level": self.config.level,
+                "alpha": self.alpha,
+                "mode": self.config.mode,
+            }
             if self.config.level == "sample":
                 details["shift_norm"] = float(vecs[i].norm(dim=-1).mean())
             results.append(

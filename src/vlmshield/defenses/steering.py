@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -95,8 +96,13 @@ class SteeringVectors:
         meta.pop("format")
         return cls(tensors["vectors"], [int(x) for x in layers], meta)
 
-    def check_compatible(self, vlm: VLM) -> None:
-        """Raise a clear error when these vectors do not fit ``vlm``'s language model."""
+    def check_compatible(self, vlm: VLM, *, allow_mismatch: bool = False) -> None:
+        """Raise a clear error when these vectors do not fit ``vlm``'s language model.
+
+        Sizes must match. Vectors from another architecture or model type are refused unless
+        ``allow_mismatch`` (then a warning); from another model of the same architecture (e.g. a
+        fine-tune), a warning.
+        """
         if self.hidden_size != vlm.hidden_size:
             raise UserInputError(
                 f"steering vectors have hidden size {self.hidden_size} but {vlm.name} has {vlm.hidden_size}; "
@@ -111,6 +117,24 @@ class SteeringVectors:
         bad = [i for i in self.layers if not 0 <= i < vlm.num_layers]
         if bad:
             raise UserInputError(f"steering vectors name layers {bad} that {vlm.name} does not have")
+        cfg = vlm.model.config
+        arch = str((getattr(cfg, "architectures", None) or [type(vlm.model).__name__])[0])
+        theirs = (self.metadata.get("architecture"), self.metadata.get("model_type"))
+        if (theirs[0] and theirs[0] != arch) or (theirs[1] and theirs[1] != vlm.family):
+            message = (
+                f"steering vectors were calibrated on a {theirs[0]} ({theirs[1]}) but {vlm.name} is a "
+                f"{arch} ({vlm.family})"
+            )
+            if not allow_mismatch:
+                raise UserInputError(
+                    message + "; calibrate vectors for this model, or pass allow_mismatch=true"
+                )
+            warnings.warn(message, stacklevel=3)
+        elif self.metadata.get("model") and self.metadata["model"] != vlm.name:
+            warnings.warn(
+                f"steering vectors were calibrated on {self.metadata['model']}, applied to {vlm.name}",
+                stacklevel=3,
+            )
 
 
 def _position_fn(vector: torch.Tensor, alpha: float, positions: Positions) -> HiddenFn:
