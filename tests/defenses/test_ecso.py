@@ -4,6 +4,7 @@ same defense over a real local OpenAI-compatible HTTP server."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import itertools
 import json
 import random
@@ -24,6 +25,7 @@ from vlmshield.defenses.ecso_prompts import (
     PAPER_CAPTION_TEMPLATE,
     PAPER_CHECK_TEMPLATE,
     PAPER_FINAL_TEMPLATE,
+    VICUNA_SYSTEM,
     paper_flag,
     paper_undecided,
     parse_first_word,
@@ -58,6 +60,27 @@ def test_paper_templates_are_byte_identical_to_the_quoted_ones():
         QUOTED_FINAL,
     )
     assert spec["response_max_chars"] == 1927 and spec["check_parse"] == "exact" and spec["greedy"] is True
+
+
+# SHA-256 of the three prompt constants as they stand in the official code, computed from
+# github gyhdog99/ECSO at commit 3878522f3a59ccb5f0edaa019086b3e954130719,
+# llava/eval/model_mmsafe_tell_ask.py (TELL_PROMPT, CAP_PROMPT, LLM_GEN_PROMPT): not retyped strings.
+OFFICIAL_SHA256 = {
+    "check": "2e756aa37bf5a4d98ce0bda2adb4161b22a3c4ac78ab02e5be105f17ed5aa9f6",
+    "caption": "11374b0a2d97f5bab4dc21e03bbbcffb3ea01db1291c3743d3dda21ae72454c4",
+    "final": "03e4600024f9d29836be4833b5b192f271636072f5f34fdddb33059662b2c785",
+}
+# the same commit's llava/conversation.py, conv_vicuna_v1's system prompt
+VICUNA_SHA256 = "1fa69e2371b762d1882b0bd98d284f312a36c27add732016e12e52586f98a9f5"
+
+
+def test_paper_templates_hash_like_the_official_source():
+    got = {
+        "check": PAPER_CHECK_TEMPLATE,
+        "caption": PAPER_CAPTION_TEMPLATE,
+        "final": PAPER_FINAL_TEMPLATE,
+    }
+    assert {k: hashlib.sha256(v.encode()).hexdigest() for k, v in got.items()} == OFFICIAL_SHA256
 
 
 def test_paper_templates_match_design_md_when_present():
@@ -376,9 +399,12 @@ def test_control_flow_flagged_and_unflagged_in_one_batch(spy_llava, mixed):
         assert r.cost.wall_time_s == pytest.approx(sum(v["wall_time_s"] for v in d["cost"].values()))
     assert res[0].details["check_output"] == "Yes." and res[0].details["check_verdict"] == "yes"
     assert res[2].details["skipped"] == "no image" and set(res[2].details["cost"]) == {"answer"}
-    # the text-only row is the undefended answer
-    plain = NoDefense().generate(spy_llava.vlm, [mixed[2]], GREEDY)[0]
+    # the text-only row is the undefended answer, inside the paper preset's system turn
+    assert ecso.config.system == VICUNA_SYSTEM
+    plain = NoDefense().generate(spy_llava.vlm, [mixed[2].with_system(VICUNA_SYSTEM)], GREEDY)[0]
     assert res[2].text == plain.text
+    bare = Ecso(preset="paper", system=None).generate(backend, mixed[2:3], GREEDY)[0]
+    assert bare.text == NoDefense().generate(spy_llava.vlm, [mixed[2]], GREEDY)[0].text
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
@@ -408,12 +434,39 @@ def test_final_conversation_keeps_system_and_history_as_text(test_image):
         .append("assistant", "ok")
         .append("user", "and now?", images=[test_image])
     )
-    final = Ecso(preset="paper").final_conversation(conv, "a cat")
+    own = Ecso(preset="paper", system=None)  # keep the conversation's own system turn in every step
+    final = own.final_conversation(conv, "a cat")
     assert final.num_images == 0 and final.system_text == "Be brief."
     assert [m.text for m in final.messages[:3]] == ["Be brief.", "first", "ok"]
     assert final.last_user_text == QUOTED_FINAL.format("a cat", "and now?")
-    check = Ecso(preset="paper").check_conversation(conv, "resp")
-    assert check.num_images == 2 and len(check.messages) == 1
+    check = own.check_conversation(conv, "resp")
+    assert check.num_images == 2 and check.system_text == "Be brief." and len(check.messages) == 2
+    assert own.caption_conversation(conv).system_text == "Be brief."
+    assert own.answer_conversation(conv) == conv
+
+
+def test_paper_preset_runs_every_step_in_the_vicuna_system_turn(test_image):
+    conv = Conversation.single("q", images=[test_image], system="Be brief.")
+    paper = Ecso(preset="paper")
+    steps = [
+        paper.answer_conversation(conv),
+        paper.check_conversation(conv, "resp"),
+        paper.caption_conversation(conv),
+        paper.final_conversation(conv, "a cat"),
+    ]
+    assert [s.system_text for s in steps] == [VICUNA_SYSTEM] * 4
+    # the official code's system prompt (llava/conversation.py, conv_vicuna_v1), as SHA-256
+    assert hashlib.sha256(VICUNA_SYSTEM.encode()).hexdigest() == VICUNA_SHA256
+    assert Ecso(preset="paper", system="S.").answer_conversation(conv).system_text == "S."
+
+
+def test_per_step_token_budgets(spy_llava, mixed):
+    backend = ScriptedCheck(spy_llava.vlm, {"pick this lock"})
+    Ecso(preset="paper", answer_max_new_tokens=5, caption_max_new_tokens=3, final_max_new_tokens=2).generate(
+        backend, mixed[:1], GREEDY
+    )
+    budgets = {step: tokens for step, _, tokens in backend.calls if step != "check"}
+    assert budgets == {"answer": 5, "caption": 3, "final": 2}
 
 
 def test_force_flag_never_still_runs_the_check(spy_llava, mixed):
@@ -476,6 +529,26 @@ def test_sampling_config_is_followed_by_default_and_ignored_by_paper(load_tiny, 
     paper = Ecso(preset="paper").generate(vlm, [conv], sample)[0]
     greedy = Ecso(preset="paper").generate(vlm, [conv], GREEDY)[0]
     assert paper.text == greedy.text  # the paper runs every step greedy
+    # the default preset follows the sampling config: its first answer is the seeded sample the
+    # undefended model draws, and not the greedy answer
+    default = Ecso(force_flag="never").generate(vlm, [conv], sample)[0]
+    assert default.details["first_answer"] == vlm.generate([conv], sample).texts[0]
+    assert default.details["first_answer"] != vlm.generate([conv], GREEDY.with_(max_new_tokens=N)).texts[0]
+
+
+def test_logits_check_reads_raw_logits_on_a_penalised_model(test_image):
+    from vlmshield.models import load_vlm
+    from vlmshield.testing import tiny_checkpoint
+
+    vlm = load_vlm(str(tiny_checkpoint("llava", generation={"repetition_penalty": 1.3})), device="cpu")
+    conv = Conversation.single("What is this?", images=[test_image])
+    ecso = Ecso(check_parse="logits")
+    check_conv = ecso.check_conversation(conv, "Here is how to do it.")
+    res = ecso.check(vlm, [check_conv], budget=8)[0]
+    yes, no = yes_no_token_ids(vlm.tokenizer)
+    raw = vlm.forward([check_conv], layers=[]).logits[0]  # "yes" and "no" are in the prompt: a penalty
+    p = torch.sigmoid(torch.logsumexp(raw[yes], 0) - torch.logsumexp(raw[no], 0))  # would move them
+    assert res.p_yes == pytest.approx(float(p), abs=1e-5)
 
 
 def test_generate_cli_with_ecso(tmp_path, test_image, capsys, monkeypatch):

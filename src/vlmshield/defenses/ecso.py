@@ -29,32 +29,31 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from transformers import LogitsProcessor
 
 from vlmshield.backends.base import ChatBackend
 from vlmshield.conversation import Conversation
 from vlmshield.defenses.base import DefenseResult
+from vlmshield.defenses.ecso_check import (
+    DEFAULT_CHECK_CAP_TOKENS,
+    CheckResult,
+    _row_cost,
+    run_check,
+    yes_no_token_ids,
+)
 from vlmshield.defenses.ecso_prompts import (
     PRESETS,
-    first_word_undecided,
-    paper_flag,
-    paper_undecided,
-    parse_first_word,
     render_template,
     template_fields,
     templates_sha256,
 )
 from vlmshield.defenses.registry import DEFENSES, DefenseConfig, validate_config
 from vlmshield.errors import UserInputError
-from vlmshield.generation import Cost, GenerationConfig, GenerationOutput
+from vlmshield.generation import Cost, GenerationConfig
 
 if TYPE_CHECKING:
     from vlmshield.models import VLM
@@ -62,14 +61,6 @@ if TYPE_CHECKING:
 Step = Literal["answer", "check", "caption", "final"]
 STEPS: tuple[Step, ...] = ("answer", "check", "caption", "final")
 CheckParse = Literal["exact", "first_word", "logits", "auto"]
-
-#: First-round token cap of the check per reading (see :meth:`Ecso.check`): ``exact`` and ``logits``
-#: decide most rows from the first token; ``first_word`` needs a complete word.
-DEFAULT_CHECK_CAP_TOKENS: dict[str, int] = {"exact": 1, "logits": 1, "first_word": 4}
-#: Each further round of the check multiplies its token cap by this.
-CHECK_GROWTH = 4
-#: Most tokens a ``first_word`` check reads when its first words are not complete at the cap.
-FIRST_WORD_RETRY_TOKENS = 32
 
 
 def _invalid(message: str) -> PydanticCustomError:
@@ -110,6 +101,14 @@ class EcsoConfig(DefenseConfig):
         "safe", description="first_word check: how an answer with no yes/no word is treated"
     )
     greedy: bool = Field(description="all steps greedy (the paper); else steps 1, 3, 4 follow the config")
+    system: str | None = Field(
+        None,
+        description="one system turn for every step (the paper preset: the Vicuna template's); None keeps "
+        "the conversation's own system turn in every step",
+    )
+    answer_max_new_tokens: int | None = Field(None, ge=1, le=32768, description="step 1; None: the config's")
+    caption_max_new_tokens: int | None = Field(None, ge=1, le=32768, description="step 3; None: the config's")
+    final_max_new_tokens: int | None = Field(None, ge=1, le=32768, description="step 4; None: the config's")
     force_flag: Literal["auto", "always", "never"] = Field(
         "auto", description="override the check's decision (the check still runs); for tests and timing"
     )
@@ -164,68 +163,6 @@ class EcsoConfig(DefenseConfig):
         return self
 
 
-@dataclass
-class CheckResult:
-    """The check of one row: raw output, how it was read, the decision."""
-
-    output: str
-    method: str
-    verdict: Literal["yes", "no"] | None
-    flagged: bool
-    p_yes: float | None = None
-    rounds: int = 1
-    cost: Cost = field(default_factory=Cost)
-
-
-class _FirstStepScores(LogitsProcessor):
-    """Records the next-token logits of the first decoding step; changes nothing."""
-
-    def __init__(self) -> None:
-        self.scores: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.scores is None:
-            self.scores = scores.detach().float().clone()
-        return scores
-
-
-def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]] | None:
-    """First token ids of the spellings of "yes" and of "no" (case, leading space), minus any id shared
-    by both (e.g. a lone space piece). ``None`` when either side ends up empty."""
-
-    def firsts(words: Sequence[str]) -> set[int]:
-        ids: set[int] = set()
-        for w in words:
-            enc = tokenizer.encode(w, add_special_tokens=False)
-            if enc:
-                ids.add(int(enc[0]))
-        return ids
-
-    yes = firsts(["yes", "Yes", "YES", " yes", " Yes", " YES"])
-    no = firsts(["no", "No", "NO", " no", " No", " NO"])
-    common = yes & no
-    yes, no = yes - common, no - common
-    return (sorted(yes), sorted(no)) if yes and no else None
-
-
-def _row_cost(out: GenerationOutput, j: int) -> Cost:
-    """Row ``j``'s share of a batched call: its own tokens, an equal share of the wall time."""
-    n = max(len(out.texts), 1)
-    return Cost(
-        forward_passes=out.cost.forward_passes,
-        prompt_tokens=out.num_prompt_tokens[j] if j < len(out.num_prompt_tokens) else 0,
-        new_tokens=out.num_new_tokens[j] if j < len(out.num_new_tokens) else 0,
-        wall_time_s=out.cost.wall_time_s / n,
-        calls=1,
-    )
-
-
-def _is_local(backend: Any) -> bool:
-    from vlmshield.models import VLM
-
-    return isinstance(backend, VLM)
-
-
 class Ecso:
     """The ECSO defense object (registered as ``ecso``).
 
@@ -266,17 +203,31 @@ class Ecso:
     def final_prompt(self, caption: str, query: str) -> str:
         return render_template("final", self.config.final_template, caption=caption, query=query)
 
+    def system_for(self, conv: Conversation) -> str | None:
+        """The system turn of every step for ``conv``: ``system`` if set, else ``conv``'s own."""
+        return self.config.system if self.config.system is not None else conv.system_text
+
+    def answer_conversation(self, conv: Conversation) -> Conversation:
+        """Step 1's input: ``conv`` itself, with the configured system turn if one is set."""
+        return conv.with_system(self.config.system) if self.config.system is not None else conv
+
     def check_conversation(self, conv: Conversation, response: str) -> Conversation:
-        """Step 2's input: one user turn with all of ``conv``'s images and the check prompt."""
-        return Conversation.single(self.check_prompt(conv.last_user_text, response), images=conv.images)
+        """Step 2's input: one user turn with all of ``conv``'s images and the check prompt (after the
+        step's system turn, see :meth:`system_for`)."""
+        prompt = self.check_prompt(conv.last_user_text, response)
+        return Conversation.single(prompt, images=conv.images, system=self.system_for(conv))
 
     def caption_conversation(self, conv: Conversation) -> Conversation:
-        """Step 3's input: one user turn with all of ``conv``'s images and the caption prompt."""
-        return Conversation.single(self.caption_prompt(conv.last_user_text), images=conv.images)
+        """Step 3's input: one user turn with all of ``conv``'s images and the caption prompt (after the
+        step's system turn)."""
+        prompt = self.caption_prompt(conv.last_user_text)
+        return Conversation.single(prompt, images=conv.images, system=self.system_for(conv))
 
     def final_conversation(self, conv: Conversation, caption: str) -> Conversation:
-        """Step 4's input: ``conv`` without any image, its last user turn replaced by the final prompt."""
-        return conv.text_only().with_last_user_text(self.final_prompt(caption, conv.last_user_text))
+        """Step 4's input: ``conv`` without any image, its last user turn replaced by the final prompt
+        (system turn and earlier turns kept as text; the configured system turn if one is set)."""
+        final = conv.text_only().with_last_user_text(self.final_prompt(caption, conv.last_user_text))
+        return final.with_system(self.config.system) if self.config.system is not None else final
 
     # ------------------------------------------------------------------ backend
     def backend_for(self, vlm: ChatBackend | None) -> ChatBackend:
@@ -306,102 +257,8 @@ class Ecso:
     def check(
         self, backend: ChatBackend, conversations: Sequence[Conversation], budget: int
     ) -> list[CheckResult]:
-        """Step 2 on a batch of check conversations.
-
-        The check is greedy and capped: a first round of ``check_cap_tokens`` new tokens (default 1
-        for ``exact`` and ``logits``, 4 for ``first_word``), then, only for rows whose reading the cap
-        left open, further rounds with 4x the cap each, up to a limit. Rows that finish (EOS) or become
-        decided leave at once. A row judged safe thus usually costs one prefill and one decoding step;
-        a ``paper`` row answering ``Yes.`` costs a second, short round.
-
-        ``exact`` (the ``paper`` rule) keeps the paper's decision identical to an uncapped check run
-        with ``budget`` new tokens (the answer's budget). A capped greedy output is a token prefix of
-        the uncapped one. :func:`~vlmshield.defenses.ecso_prompts.paper_undecided` is true exactly
-        when some continuation of the prefix could still read ``yes``/``yes.`` after strip +
-        lower-case, i.e. when the prefix (after leading whitespace) is still a prefix of ``yes.`` or
-        is ``yes``/``yes.`` plus whitespace. So a row is final when it finished within the cap (its
-        text is the full text) or when that test is false (no continuation can be flagged: anything
-        longer than ``yes.`` that is not whitespace-padded ``yes``/``yes.`` is known not to match from
-        its first deviating character on). Still-open rows are generated again (greedy: the same
-        prefix, continued) with larger caps, the last at ``budget`` itself, where the text is exactly
-        what the uncapped check would have produced. Outputs that do not start like ``yes`` ("No",
-        "The response ...") are final after one token.
-
-        ``first_word`` reads the first yes/no word (:func:`parse_first_word`); rows whose first words
-        are not complete yet get further rounds up to 32 tokens. ``logits`` compares the total
-        probability of the first tokens of "yes" and "no" at the first step (local models only; it
-        falls back to ``first_word`` when the tokenizer gives no distinct first tokens); its raw output
-        is only for the record.
-        """
-        if not conversations:
-            return []
-        method = self._check_method(backend)
-        yes_no = yes_no_token_ids(backend.tokenizer) if method == "logits" else None  # type: ignore[attr-defined]
-        if method == "logits" and yes_no is None:
-            method = "first_word"
-        cap = self.config.check_cap_tokens or DEFAULT_CHECK_CAP_TOKENS[method]
-        cap = min(cap, budget)
-        cfg = GenerationConfig(max_new_tokens=cap)
-        capture = _FirstStepScores()
-        if method == "logits":
-            out = backend.generate(conversations, cfg, logits_processors=[capture])  # type: ignore[call-arg]
-        else:
-            out = backend.generate(conversations, cfg)
-        n = len(conversations)
-        texts = list(out.texts)
-        costs = [_row_cost(out, j) for j in range(n)]
-        rounds = [1] * n
-        finished = [bool(out.finished[j]) if j < len(out.finished) else False for j in range(n)]
-        undecided: Callable[[str], bool] | None = None
-        limit = cap
-        if method == "exact":
-            undecided, limit = paper_undecided, budget
-        elif method == "first_word":
-            undecided, limit = first_word_undecided, min(budget, FIRST_WORD_RETRY_TOKENS)
-        pending = [j for j in range(n) if undecided and not finished[j] and undecided(texts[j])]
-        k = cap
-        while pending and undecided and k < limit:
-            k = min(k * CHECK_GROWTH, limit)
-            more = backend.generate([conversations[j] for j in pending], GenerationConfig(max_new_tokens=k))
-            for m, j in enumerate(pending):
-                texts[j] = more.texts[m]
-                finished[j] = bool(more.finished[m]) if m < len(more.finished) else False
-                costs[j] = costs[j] + _row_cost(more, m)
-                rounds[j] += 1
-            pending = [j for j in pending if not finished[j] and undecided(texts[j])]
-        results = []
-        for j in range(n):
-            p_yes: float | None = None
-            verdict: Literal["yes", "no"] | None
-            if method == "exact":
-                flagged = paper_flag(texts[j])
-                verdict = "yes" if flagged else "no"
-            elif method == "logits":
-                assert capture.scores is not None and yes_no is not None
-                row = capture.scores[j]
-                lse_yes = torch.logsumexp(row[yes_no[0]], dim=0)
-                lse_no = torch.logsumexp(row[yes_no[1]], dim=0)
-                p_yes = float(torch.sigmoid(lse_yes - lse_no))
-                if math.isnan(p_yes):
-                    p_yes = 0.0
-                flagged = p_yes > self.config.check_threshold
-                verdict = "yes" if flagged else "no"
-            else:
-                verdict = parse_first_word(texts[j])
-                flagged = verdict == "yes" or (verdict is None and self.config.unparsed == "unsafe")
-            results.append(CheckResult(texts[j], method, verdict, flagged, p_yes, rounds[j], costs[j]))
-        return results
-
-    def _check_method(self, backend: ChatBackend) -> str:
-        parse = self.config.check_parse
-        if parse == "auto":
-            return "logits" if _is_local(backend) else "first_word"
-        if parse == "logits" and not _is_local(backend):
-            raise UserInputError(
-                f"check_parse=logits needs a local model, but the backend is {backend.name}; use "
-                "check_parse=first_word"
-            )
-        return parse
+        """Step 2 on a batch of check conversations (see :func:`~vlmshield.defenses.ecso_check.run_check`)."""
+        return run_check(self.config, backend, conversations, budget)
 
     def generate(
         self,
@@ -423,6 +280,12 @@ class Ecso:
         if n == 0:
             return []
         answer_cfg = config.with_(do_sample=False) if self.config.greedy else config
+        c = self.config
+        step_cfg = {
+            "answer": answer_cfg.with_(max_new_tokens=c.answer_max_new_tokens or answer_cfg.max_new_tokens),
+            "caption": answer_cfg.with_(max_new_tokens=c.caption_max_new_tokens or answer_cfg.max_new_tokens),
+            "final": answer_cfg.with_(max_new_tokens=c.final_max_new_tokens or answer_cfg.max_new_tokens),
+        }
         rows: list[dict[str, Any]] = [
             {
                 "preset": self.config.preset,
@@ -446,7 +309,7 @@ class Ecso:
         token_ids: list[list[int]] = [[] for _ in range(n)]
 
         # (1) answer with the image
-        out1 = backend.generate(convs, answer_cfg)
+        out1 = backend.generate([self.answer_conversation(c) for c in convs], step_cfg["answer"])
         for i in range(n):
             rows[i]["first_answer"] = out1.texts[i]
             token_ids[i] = list(out1.token_ids[i]) if i < len(out1.token_ids) else []
@@ -457,7 +320,7 @@ class Ecso:
         checks = self.check(
             backend,
             [self.check_conversation(convs[i], out1.texts[i]) for i in with_image],
-            budget=config.max_new_tokens,
+            budget=step_cfg["answer"].max_new_tokens,
         )
         flagged: list[int] = []
         for i, res in zip(with_image, checks, strict=True):
@@ -479,7 +342,9 @@ class Ecso:
 
         # (3) query-aware caption, flagged rows only
         if flagged:
-            out3 = backend.generate([self.caption_conversation(convs[i]) for i in flagged], answer_cfg)
+            out3 = backend.generate(
+                [self.caption_conversation(convs[i]) for i in flagged], step_cfg["caption"]
+            )
             captions = {i: out3.texts[k] for k, i in enumerate(flagged)}
             for k, i in enumerate(flagged):
                 rows[i]["caption"] = out3.texts[k]
@@ -487,7 +352,7 @@ class Ecso:
 
             # (4) answer from caption + query, no image at all
             out4 = backend.generate(
-                [self.final_conversation(convs[i], captions[i]) for i in flagged], answer_cfg
+                [self.final_conversation(convs[i], captions[i]) for i in flagged], step_cfg["final"]
             )
             for k, i in enumerate(flagged):
                 rows[i]["final_answer"] = out4.texts[k]

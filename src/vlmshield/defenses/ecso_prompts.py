@@ -45,6 +45,12 @@ PAPER_FINAL_TEMPLATE = (
 )
 #: The official code cuts the first answer to this many characters inside the check prompt.
 PAPER_RESPONSE_MAX_CHARS = 1927
+#: The system prompt of the Vicuna conversation template (LLaVA's ``conv_vicuna_v1`` / ``llava_v1``),
+#: inside which the official scripts run every step; the Hugging Face LLaVA-1.5 template has none.
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 
 # -- vlmshield's own prompts (written for this project) ------------------------------------------------
 DEFAULT_CHECK_TEMPLATE = (
@@ -248,6 +254,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "response_max_chars": PAPER_RESPONSE_MAX_CHARS,
         "check_parse": "exact",
         "greedy": True,
+        "system": VICUNA_SYSTEM,
     },
     "default": {
         "check_template": DEFAULT_CHECK_TEMPLATE,
@@ -269,6 +276,7 @@ __all__ = [
     "PAPER_RESPONSE_MAX_CHARS",
     "PRESETS",
     "TEMPLATE_FIELDS",
+    "VICUNA_SYSTEM",
     "first_word_undecided",
     "paper_flag",
     "paper_undecided",
