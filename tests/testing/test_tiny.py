@@ -15,17 +15,10 @@ from PIL import Image
 
 from vlmshield.errors import UnknownNameError
 from vlmshield.testing import BUILDER_VERSION, FAMILIES, build_tiny_checkpoint, tiny_checkpoint
+from vlmshield.testing.families import SPECS
 
-# The placeholder token each family's processor repeats once per image feature.
-IMAGE_TOKENS = {
-    "llava": "<image>",
-    "llava_next": "<image>",
-    "qwen2_vl": "<|image_pad|>",
-    "qwen2_5_vl": "<|image_pad|>",
-    "idefics3": "<image>",
-    "smolvlm": "<image>",
-    "gemma3": "<image_soft_token>",
-}
+# The placeholder token each family's processor repeats once per image feature (from the family table).
+IMAGE_TOKENS = {name: spec.image_token for name, spec in SPECS.items()}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,16 +31,13 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Build each family at most once per test session."""
-    paths: dict[str, Path] = {}
+def built() -> Callable[[str], Path]:
+    """Each family's checkpoint, from the tiny-checkpoint cache (built on first use)."""
 
     def get(family: str) -> Path:
-        if family == "smolvlm":
-            pytest.importorskip("num2words", reason="SmolVLMProcessor needs num2words")
-        if family not in paths:
-            paths[family] = build_tiny_checkpoint(family, tmp_path_factory.mktemp(family))
-        return paths[family]
+        for module in SPECS[family].requires:
+            pytest.importorskip(module, reason=f"{family}'s processor needs {module}")
+        return tiny_checkpoint(family)
 
     return get
 

@@ -152,6 +152,9 @@ class VLM:
     def _messages(self, conv: Conversation) -> list[dict[str, Any]]:
         msgs = []
         for m in conv.messages:
+            if m.role == "system" and self.info.system_text and not m.images:
+                msgs.append({"role": m.role, "content": m.text})
+                continue
             parts: list[dict[str, Any]] = [{"type": "image"} for _ in m.images]
             parts.append({"type": "text", "text": m.text})
             msgs.append({"role": m.role, "content": parts})

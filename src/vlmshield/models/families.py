@@ -24,6 +24,8 @@ class FamilyInfo:
             instead of one flat list for the batch (LLaVA, Qwen).
         max_images: most images one prompt may carry (what the family was trained with).
         layer_paths: attribute paths tried, in order, to find the language model's decoder layers.
+        system_text: the chat template wants a system turn's content as a plain string rather than
+            a list of parts (Gemma 4's template prints a list as its Python repr).
     """
 
     model_type: str
@@ -31,6 +33,7 @@ class FamilyInfo:
     nested_images: bool
     max_images: int
     layer_paths: tuple[str, ...]
+    system_text: bool = False
 
 
 _LM = ("model.language_model.layers", "language_model.model.layers", "language_model.layers")
@@ -46,6 +49,10 @@ FAMILIES: dict[str, FamilyInfo] = {
         FamilyInfo("idefics3", "Idefics3", True, 8, _TEXT),
         FamilyInfo("smolvlm", "SmolVLM", True, 8, _TEXT),
         FamilyInfo("gemma3", "Gemma 3", True, 8, _LM),
+        FamilyInfo("qwen3_vl", "Qwen3-VL", False, 16, _LM),
+        FamilyInfo("qwen3_vl_moe", "Qwen3-VL-MoE", False, 16, _LM),
+        FamilyInfo("qwen3_5", "Qwen3.5", False, 16, _LM),
+        FamilyInfo("gemma4", "Gemma 4", True, 8, _LM, system_text=True),
     )
 }
 

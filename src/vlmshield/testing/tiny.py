@@ -187,9 +187,10 @@ def tiny_checkpoint(
         >>> path = tiny_checkpoint("qwen2_vl", num_layers=4, generation="family")  # doctest: +SKIP
 
     The directory is ``<cache_root()>/<family>-seed<seed>-b<BUILDER_VERSION>-tf<transformers
-    version>`` (plus a short hash of the non-default options). It is built in a temporary directory beside it and moved into place with one atomic
-    ``os.replace``, so concurrent processes never see a half-written checkpoint (the loser of a race
-    discards its own build).
+    version>-<hash>``, where the short hash covers the options and the family's spec (so editing a
+    family's data never reuses an old build). It is built in a temporary directory beside it and
+    moved into place with one atomic ``os.replace``, so concurrent processes never see a half-written
+    checkpoint (the loser of a race discards its own build).
 
     Raises:
         UnknownNameError: ``family`` is not one of :data:`FAMILIES`.
@@ -200,9 +201,9 @@ def tiny_checkpoint(
     root = cache_root()
     name = f"{family}-seed{seed}-b{BUILDER_VERSION}-tf{transformers.__version__}"
     options = {"num_layers": num_layers, "generation": _generation_extra(family, generation)}
-    if num_layers is not None or options["generation"]:
-        digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
-        name += f"-{digest}"
+    # The family's spec is part of the key, so editing a family's data never reuses a stale build.
+    key = json.dumps(options, sort_keys=True) + repr(SPECS[family])
+    name += f"-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     final = root / name
     if _complete(final):
         return final

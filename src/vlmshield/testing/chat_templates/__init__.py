@@ -13,17 +13,30 @@ Example:
 
 from __future__ import annotations
 
-from vlmshield.testing.chat_templates.gemma import GEMMA3
+from vlmshield.testing.chat_templates.gemma import GEMMA3, GEMMA4
 from vlmshield.testing.chat_templates.idefics import IDEFICS3, SMOLVLM
-from vlmshield.testing.chat_templates.llava import LLAVA_1_5, LLAVA_NEXT_MISTRAL
-from vlmshield.testing.chat_templates.qwen import QWEN2_5_VL, QWEN2_VL
+from vlmshield.testing.chat_templates.llava import (
+    AYA_VISION,
+    INTERNVL,
+    LLAVA_1_5,
+    LLAVA_NEXT_MISTRAL,
+    LLAVA_ONEVISION,
+)
+from vlmshield.testing.chat_templates.mistral import MISTRAL_SMALL_3_1
+from vlmshield.testing.chat_templates.qwen import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
 
 __all__ = [
+    "AYA_VISION",
     "GEMMA3",
+    "GEMMA4",
     "IDEFICS3",
+    "INTERNVL",
     "LLAVA_1_5",
     "LLAVA_NEXT_MISTRAL",
+    "LLAVA_ONEVISION",
+    "MISTRAL_SMALL_3_1",
     "QWEN2_5_VL",
     "QWEN2_VL",
+    "QWEN3_VL",
     "SMOLVLM",
 ]

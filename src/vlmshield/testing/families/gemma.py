@@ -13,6 +13,7 @@ from vlmshield.testing._spec import (
     LM_HEAD_DIM,
     TOKENIZER,
     TOKENIZER_IDS,
+    VOCAB,
     C,
     FamilySpec,
     Tok,
@@ -29,6 +30,31 @@ _GEMMA3_NAMED = {
 }
 # SigLIP on 32 px images with 8 px patches: 4 x 4 patches average-pooled to 2 x 2 = 4 tokens.
 _GEMMA3_SIGLIP = C("SiglipVisionConfig", vision(image_size=32, patch_size=8))
+
+_GEMMA4_NAMED = {
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "image_token": "<|image|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+    "audio_token": "<|audio|>",
+}
+_GEMMA4_EXTRA = (
+    "<|turn>",
+    "<turn|>",
+    "<|channel>",
+    "<channel|>",
+    "<|think|>",
+    "<|tool>",
+    "<tool|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+    "<tool_response|>",
+    "<|video|>",
+)
+# Aspect-preserving resize to at most 70 pooled tokens of 3 x 3 patches of 4 px.
+_GEMMA4_IMAGE = {"patch_size": 4, "pooling_kernel_size": 3, "max_soft_tokens": 70}
 
 SPECS = (
     FamilySpec(
@@ -72,5 +98,66 @@ SPECS = (
         family_generation={"do_sample": True, "top_k": 64, "top_p": 0.95},
         generation_source="google/gemma-3-4b-it generation_config.json",
         approximations="32 px images (896 px real), 4 image tokens (256 real); no pan-and-scan.",
+    ),
+    FamilySpec(
+        model_type="gemma4",
+        imitates="google/gemma-4-e2b-it",
+        model_class="Gemma4ForConditionalGeneration",
+        tokenizer=gemma_tokenizer(named=_GEMMA4_NAMED, extra=_GEMMA4_EXTRA),
+        processor=C(
+            "Gemma4Processor",
+            {
+                "feature_extractor": C("Gemma4AudioFeatureExtractor"),
+                "image_processor": C("Gemma4ImageProcessorPil", _GEMMA4_IMAGE),
+                "tokenizer": TOKENIZER,
+                "video_processor": C("Gemma4VideoProcessor", _GEMMA4_IMAGE),
+                "image_seq_length": 70,
+            },
+        ),
+        config=C(
+            "Gemma4Config",
+            {
+                "text_config": C(
+                    "Gemma4TextConfig",
+                    lm(
+                        layer_types=["sliding_attention", "full_attention"],
+                        sliding_window=512,
+                        global_head_dim=LM_HEAD_DIM,
+                        hidden_size_per_layer_input=8,
+                        vocab_size_per_layer_input=VOCAB,
+                        final_logit_softcapping=30.0,
+                    ),
+                ),
+                "vision_config": C(
+                    "Gemma4VisionConfig",
+                    vision(
+                        num_key_value_heads=2,
+                        head_dim=16,
+                        patch_size=4,
+                        pooling_kernel_size=3,
+                        position_embedding_size=128,
+                    ),
+                ),
+                "audio_config": None,
+                "boi_token_id": Tok("<|image>"),
+                "eoi_token_id": Tok("<image|>"),
+                "image_token_id": Tok("<|image|>"),
+                "video_token_id": Tok("<|video|>"),
+                "boa_token_id": Tok("<|audio>"),
+                "eoa_token_index": Tok("<audio|>"),
+                "audio_token_id": Tok("<|audio|>"),
+            },
+        ),
+        chat_template=T.GEMMA4,
+        template_source="google/gemma-4-e2b-it as stored in llama.cpp models/templates/gemma4.jinja "
+        "(tool-declaration macros left out)",
+        image_token="<|image|>",
+        generation={**TOKENIZER_IDS, "eos_token_id": [TokAttr("eos_token_id"), Tok("<turn|>")]},
+        family_generation={"do_sample": True, "top_k": 64, "top_p": 0.95, "temperature": 1.0},
+        generation_source="Gemma 4 model card's recommended sampling (temperature 1.0, top_p 0.95, top_k 64)",
+        requires=("torchvision",),
+        approximations="at most 70 soft tokens per image (the smallest budget Gemma 4 supports; 280 "
+        "default) from 4 px patches; no audio tower; boi/eoi token strings follow the template's "
+        "<|x> / <x|> naming.",
     ),
 )
