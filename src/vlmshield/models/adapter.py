@@ -150,7 +150,7 @@ class VLM:
 
     # ------------------------------------------------------------------ inputs
     def _messages(self, conv: Conversation) -> list[dict[str, Any]]:
-        msgs = []
+        msgs: list[dict[str, Any]] = []
         for m in conv.messages:
             if m.role == "system" and self.info.system_text and not m.images:
                 msgs.append({"role": m.role, "content": m.text})
