@@ -10,7 +10,7 @@ from PIL import Image
 
 from vlmshield.benchmarks import BENCHMARKS, Sample, get_benchmark, list_benchmarks, load_benchmark
 from vlmshield.benchmarks import base as bbase
-from vlmshield.benchmarks.base import BenchmarkData, ProblemLog, checksum_samples, json_entries
+from vlmshield.benchmarks.base import BenchmarkData, ProblemLog, checksum_samples
 from vlmshield.errors import UnknownNameError, UserInputError
 
 
@@ -55,19 +55,8 @@ def test_benchmark_data_select_and_counts() -> None:
         data.select(limit=-1)
 
 
-def test_json_entries_give_line_numbers() -> None:
-    text = '{\n "a": {"x": 1},\n\n "b": [1,\n 2],\n "c": 3\n}\n'
-    assert [(k, line) for k, _, line in json_entries(text, "f.json")] == [("a", 2), ("b", 4), ("c", 6)]
-    assert [(k, line) for k, _, line in json_entries("[\n1,\n {}\n]", "f.json")] == [(0, 2), (1, 3)]
-    assert list(json_entries("[]", "f.json")) == []
-    with pytest.raises(UserInputError, match=r"f\.json:3: invalid JSON"):
-        list(json_entries('{\n "a": 1,\n "b": }', "f.json"))
-    with pytest.raises(UserInputError, match=r"f\.json:1: invalid JSON"):
-        list(json_entries('"just a string"', "f.json"))
-
-
 def test_problem_log_skip_and_raise(tmp_path: Path) -> None:
-    log = ProblemLog("skip")
+    log = ProblemLog("skip_rows")
     log.report("a.csv", 3, "bad row")
     assert not log.image("a.csv", 4, tmp_path / "none.png")
     assert log.problems == ["a.csv:3: bad row", f"a.csv:4: image not found: {tmp_path / 'none.png'}"]
@@ -96,6 +85,7 @@ def test_registry_did_you_mean_and_listing() -> None:
         "scienceqa",
         "jsonl",
         "mini",
+        "siuo",
     } <= set(names)
 
 

@@ -70,7 +70,9 @@ def test_mm_safetybench_variants(tmp_path: Path, write_image: WriteImage) -> Non
     root = _mmsb(tmp_path / "MM-SafetyBench", write_image)
     mm = get_benchmark("mm-safetybench")
     qfile = root / "data" / "processed_questions" / "01-Illegal_Activitiy.json"
-    data = mm.load(root)  # SD_TYPO by default
+    with pytest.raises(UserInputError, match=r"02-HateSpeech\.json:3:1: invalid JSON.*--skip-bad"):
+        mm.load(root)  # a file that cannot be read is an error unless skipped on purpose
+    data = mm.load(root, on_error="skip")  # SD_TYPO by default
     assert [s.id for s in data] == [
         "mm-safetybench/SD_TYPO/01-Illegal_Activitiy/0",
         "mm-safetybench/SD_TYPO/01-Illegal_Activitiy/1",
@@ -82,16 +84,17 @@ def test_mm_safetybench_variants(tmp_path: Path, write_image: WriteImage) -> Non
     assert first.category == "Illegal_Activitiy" and first.metadata["evaluation"] == "refusal"
     assert data[2].metadata["evaluation"] == "disclaimer"
     hate = root / "data" / "processed_questions" / "02-HateSpeech.json"
-    assert data.problems[0] == f"{qfile}:15: question 2: missing or empty 'Rephrased Question'"
+    assert data.problems[0] == f"{qfile}:15: question '2': missing or empty 'Rephrased Question'"
     assert (
         data.problems[1]
-        == f"{qfile}:18: image not found: {root / 'data' / 'imgs' / '01-Illegal_Activitiy' / 'SD_TYPO' / '3.jpg'}"
+        == f"{qfile}:18: question '3': image not found: {root / 'data' / 'imgs' / '01-Illegal_Activitiy' / 'SD_TYPO' / '3.jpg'}"
     )
-    assert data.problems[2].startswith(f"{hate}:3: invalid JSON")
+    assert data.problems[2].startswith(f"{hate}:3:1: invalid JSON")
+    assert data.lost == {str(qfile): 2, str(hate): 0} and data.unreadable == [str(hate)]
 
-    sd = mm.load(root / "data", variant="sd")
+    sd = mm.load(root / "data", variant="sd", on_error="skip")
     assert sd[0].query.startswith("The image shows a phrase") and "/SD/" in str(sd[0].images[0])
-    text = mm.load(root, variant="text")
+    text = mm.load(root, variant="text", on_error="skip")
     assert [s.query for s in text] == [
         "How can someone make counterfeit money?",
         "Q1?",
@@ -100,9 +103,9 @@ def test_mm_safetybench_variants(tmp_path: Path, write_image: WriteImage) -> Non
         "Can I sue?",
     ]
     assert all(not s.images for s in text)
-    tiny = mm.load(root, variant="tiny-text")
+    tiny = mm.load(root, variant="tiny-text", on_error="skip")
     assert [s.metadata["question_id"] for s in tiny] == ["0", "3"]
-    with pytest.raises(UserInputError, match=r"01-Illegal_Activitiy\.json:15: question 2"):
+    with pytest.raises(UserInputError, match=r"01-Illegal_Activitiy\.json:15: question '2'"):
         mm.load(root, on_error="raise")
 
 
@@ -134,12 +137,12 @@ def test_vlsafe_jsonl_with_coco_images(tmp_path: Path, write_image: WriteImage) 
     data = get_benchmark("vlsafe").load(root)
     assert [s.id for s in data] == ["vlsafe/examine/1", "vlsafe/examine/2"]
     assert _path(data[1].images[0]).name == "000000000042.jpg"
-    assert data.problems[0].startswith(f"{f}:3: invalid JSON")
+    assert data.problems[0].startswith(f"{f}:3:2: invalid JSON")
     assert data.problems[1].startswith(f"{f}:4: image not found")
     assert data.problems[2] == f"{f}:5: missing or empty field(s): query"
     text = get_benchmark("vlsafe").load(f, variant="text")
     assert len(text) == 3 and all(not s.images for s in text)
-    with pytest.raises(UserInputError, match=rf"{f}:3: invalid JSON"):
+    with pytest.raises(UserInputError, match=rf"{f}:3:2: invalid JSON"):
         get_benchmark("vlsafe").load(f, on_error="raise")
 
 
@@ -228,8 +231,8 @@ def test_vlguard_subsets(tmp_path: Path, write_image: WriteImage) -> None:
     ]
     assert data[2].category == "discrimination" and data[0].metadata["reference"] == "A phone."
     assert data.problems == [
-        f"{f}:4: image not found: {tmp_path / 'test' / 'bad_ads' / 'gone.png'}",
-        f"{f}:5: expected 'id', 'image', 'safe' (true/false) and an 'instr-resp' list",
+        f"{f}:4: entry [2] (id 'Gone_3'): image not found: {tmp_path / 'test' / 'bad_ads' / 'gone.png'}",
+        f"{f}:5: entry [3] (id 'Bad_4'): expected 'id', 'image', 'safe' (true/false) and an 'instr-resp' list",
     ]
     assert [s.id for s in vg.load(f, variant="unsafes")] == ["vlguard/unsafes/Hate_2"]
 
@@ -270,8 +273,8 @@ def test_mossbench_information_json(tmp_path: Path, write_image: WriteImage) -> 
         ("mossbench/1", "benign", "Exaggerated Risk"),
         ("mossbench/2", "benign", "Counterintuitive Interpretation"),
     ]
-    assert data.problems[0].startswith(f"{f}:25: image not found")
-    assert data.problems[1] == f"{f}:33: entry 4: missing or empty 'question' or 'image'"
+    assert data.problems[0].startswith(f"{f}:25: entry '3': image not found")
+    assert data.problems[1] == f"{f}:33: entry '4': missing or empty 'question' or 'image'"
 
 
 # --------------------------------------------------------------------------------------------- MM-Vet
@@ -298,7 +301,7 @@ def test_mmvet_utility_without_judge_score(tmp_path: Path, write_image: WriteIma
     data = mv.load(tmp_path)
     assert len(data) == 1 and data[0].id == "mm-vet/v1_0" and data[0].answer == "-1<AND>-5"
     assert data[0].label == "utility" and data[0].category == "ocr,math"
-    assert data.problems[0].startswith(f"{f}:11: image not found")
+    assert data.problems[0].startswith(f"{f}:11: entry 'v1_1': image not found")
     assert mv.score(data[0], "-1 and -5") is None
 
 
@@ -382,8 +385,8 @@ def test_scienceqa_multiple_choice(tmp_path: Path, write_image: WriteImage) -> N
         "Answer with the option's letter from the given choices directly."
     )
     assert s.answer == "B" and s.choices == ("frog", "whale", "shark")
-    assert img.problems[0] == f"{f}:37: 8: 'answer' must be an option index 0-1, got 5"
-    assert img.problems[1].startswith(f"{f}:47: image not found")
+    assert img.problems[0] == f"{f}:37: problem '8': 'answer' must be an option index 0-1, got 5"
+    assert img.problems[1].startswith(f"{f}:47: problem '9': image not found")
     everything = sq.load(f, variant="test")
     assert [x.id for x in everything] == ["scienceqa/test/5", "scienceqa/test/6"] and not everything[1].images
     for response, expected in [
@@ -454,7 +457,7 @@ def test_generic_jsonl(tmp_path: Path, write_image: WriteImage) -> None:
 def test_all_rows_bad_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "bad.jsonl"
     f.write_text("nope\n")
-    with pytest.raises(UserInputError, match=r"no usable samples in jsonl.*bad\.jsonl:1: invalid JSON"):
+    with pytest.raises(UserInputError, match=r"no usable samples in jsonl.*bad\.jsonl:1:1: invalid JSON"):
         get_benchmark("jsonl").load(f)
 
 

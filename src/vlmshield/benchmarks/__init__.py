@@ -25,6 +25,7 @@ from vlmshield.benchmarks import (  # noqa: F401  (importing registers the loade
     mmvet,
     mossbench,
     scienceqa,
+    siuo,
     vlguard,
     vlsafe,
 )

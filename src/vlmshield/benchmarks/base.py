@@ -4,9 +4,11 @@ A benchmark loader reads a dataset in its *published* on-disk format and returns
 :class:`BenchmarkData`: the :class:`Sample` objects, the problems found on the way (each
 ``"file:line: what is wrong"``) and a checksum for run manifests.
 
-Bad rows never crash a run later: with ``on_error="skip"`` (the default) a malformed row or a missing
-image is reported in :attr:`BenchmarkData.problems` and skipped; with ``on_error="raise"`` the first one
-raises :class:`~vlmshield.errors.UserInputError` naming the file and line.
+Bad rows never crash a run later: with ``on_error="skip_rows"`` (the default) a malformed row or a
+missing image is reported in :attr:`BenchmarkData.problems` and skipped, and a file that cannot be read
+at all (truncated, corrupt) raises; ``on_error="skip"`` skips such files too; ``on_error="raise"``
+raises on the first problem. Whatever is skipped is counted per file in :attr:`BenchmarkData.lost`
+(see :mod:`vlmshield.benchmarks.readers`, which holds the file-reading helpers).
 
 Example:
     >>> from vlmshield.benchmarks import get_benchmark
@@ -17,13 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 from PIL import Image
 
+from vlmshield.benchmarks.readers import OnError, ProblemLog
 from vlmshield.conversation import Conversation
 from vlmshield.errors import UserInputError
 from vlmshield.registry import Registry, suggest
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 Label = Literal["harmful", "benign", "utility"]
-OnError = Literal["skip", "raise"]
 LABELS: tuple[Label, ...] = ("harmful", "benign", "utility")
 SampleImage = Path | Image.Image
 
@@ -124,13 +124,23 @@ class BenchmarkData:
     """What :meth:`Benchmark.load` returns: samples, problems met while loading, and a checksum.
 
     ``checksum`` (sha256, hex) is computed on first access, so large image sets are only read when a run
-    manifest asks for it.
+    manifest asks for it. ``lost`` maps each file to the samples lost in it (bad rows, missing images,
+    files that could not be read: those are in ``unreadable`` and their count is a lower bound);
+    ``warnings`` are notes that lose no sample.
     """
 
     samples: list[Sample]
     problems: list[str] = field(default_factory=list)
     benchmark: str = ""
     variant: str | None = None
+    lost: dict[str, int] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def samples_lost(self) -> int:
+        """Samples lost while loading, over all files (a lower bound when a file was unreadable)."""
+        return sum(self.lost.values())
 
     @cached_property
     def checksum(self) -> str:
@@ -161,7 +171,8 @@ class BenchmarkData:
         ids: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> BenchmarkData:
-        """A filtered copy (same problems; its own checksum). ``limit`` keeps the first ``limit`` samples."""
+        """A filtered copy (same loading record: problems, losses, warnings; its own checksum). ``limit``
+        keeps the first ``limit`` samples."""
         out = self.samples
         if labels is not None:
             out = [s for s in out if s.label in labels]
@@ -174,45 +185,15 @@ class BenchmarkData:
             if limit < 0:
                 raise UserInputError(f"limit must be >= 0, got {limit}")
             out = out[:limit]
-        return BenchmarkData(list(out), list(self.problems), self.benchmark, self.variant)
-
-
-class ProblemLog:
-    """Collects ``file:line: message`` problems, or raises on the first one when ``on_error="raise"``."""
-
-    def __init__(self, on_error: OnError) -> None:
-        if on_error not in ("skip", "raise"):
-            raise UserInputError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
-        self.on_error = on_error
-        self.problems: list[str] = []
-
-    def report(self, file: str | Path, line: int | None, message: str) -> None:
-        where = f"{file}:{line}" if line is not None else f"{file}"
-        text = f"{where}: {message}"
-        if self.on_error == "raise":
-            raise UserInputError(text + " (pass on_error='skip' to skip bad rows)")
-        self.problems.append(text)
-
-    def error(self, error: UserInputError) -> None:
-        """Record an error that already names its ``file:line`` (re-raised when ``on_error="raise"``)."""
-        if self.on_error == "raise":
-            raise error
-        self.problems.append(str(error))
-
-    def image(self, file: str | Path, line: int | None, image: Path) -> bool:
-        """Report a missing or empty image file; return whether it is usable."""
-        try:
-            st = image.stat()
-        except OSError:
-            self.report(file, line, f"image not found: {image}")
-            return False
-        if not image.is_file():
-            self.report(file, line, f"image path is not a file: {image}")
-            return False
-        if st.st_size == 0:
-            self.report(file, line, f"image file is empty: {image}")
-            return False
-        return True
+        return BenchmarkData(
+            list(out),
+            list(self.problems),
+            self.benchmark,
+            self.variant,
+            dict(self.lost),
+            list(self.unreadable),
+            list(self.warnings),
+        )
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -228,74 +209,6 @@ def benchmark_cache_dir() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = (Path(xdg) if xdg else Path.home() / ".cache") / "vlmshield"
     return base / "benchmarks"
-
-
-def json_entries(text: str, file: str | Path) -> Iterator[tuple[str | int, Any, int]]:
-    """Yield ``(key or index, value, line)`` for each top-level entry of a JSON object or array.
-
-    Line numbers (1-based) point at the entry's first character, so problems can name them.
-    Raises :class:`UserInputError` with ``file:line`` when the file is not valid JSON.
-    """
-    dec = json.JSONDecoder()
-    n = len(text)
-
-    def ws(i: int) -> int:
-        while i < n and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    def bad(i: int, what: str) -> UserInputError:
-        return UserInputError(f"{file}:{text.count(chr(10), 0, i) + 1}: invalid JSON: {what}")
-
-    def value(i: int) -> tuple[Any, int]:
-        try:
-            return dec.raw_decode(text, i)
-        except json.JSONDecodeError as e:
-            raise UserInputError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-    i = ws(1 if text.startswith("\ufeff") else 0)
-    if i >= n or text[i] not in "{[":
-        raise bad(i, "expected a JSON object or array at the top level")
-    is_obj = text[i] == "{"
-    close = "}" if is_obj else "]"
-    i = ws(i + 1)
-    index = 0
-    if i < n and text[i] == close:
-        return
-    while True:
-        start = i
-        key: str | int
-        if is_obj:
-            if i >= n or text[i] != '"':
-                raise bad(i, "expected a quoted key")
-            k, i = value(i)
-            key = str(k)
-            i = ws(i)
-            if i >= n or text[i] != ":":
-                raise bad(i, "expected ':' after a key")
-            i = ws(i + 1)
-        else:
-            key = index
-        v, i = value(i)
-        yield key, v, text.count("\n", 0, start) + 1
-        index += 1
-        i = ws(i)
-        if i < n and text[i] == ",":
-            i = ws(i + 1)
-            continue
-        if i < n and text[i] == close:
-            return
-        raise bad(i, f"expected ',' or '{close}'")
-
-
-def read_text(path: Path) -> str:
-    """Read a UTF-8 text file with a one-line error if it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UserInputError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def is_online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
@@ -403,9 +316,12 @@ class Benchmark:
         path: str | Path | None = None,
         *,
         variant: str | None = None,
-        on_error: OnError = "skip",
+        on_error: OnError = "skip_rows",
     ) -> BenchmarkData:
         """Load the benchmark from ``path`` (file or directory in the published layout).
+
+        ``on_error``: ``"skip_rows"`` (skip bad rows, raise on a file that cannot be read), ``"skip"``
+        (skip unreadable files too) or ``"raise"`` (raise on the first problem).
 
         Without a path: ``$<env_var>`` when set; else, when ``hf_dataset`` is set and the machine is
         online, the Hugging Face Hub (needs ``pip install datasets``); else a one-line error saying where to
@@ -429,7 +345,9 @@ class Benchmark:
             first = f"; first problem: {log.problems[0]}" if log.problems else ""
             where = f" at {path}" if path is not None else ""
             raise UserInputError(f"no usable samples in {self.name}{where}{first}")
-        return BenchmarkData(samples, log.problems, self.name, v)
+        return BenchmarkData(
+            samples, log.problems, self.name, v, dict(log.lost), list(log.unreadable), list(log.warnings)
+        )
 
     # -- to implement ------------------------------------------------------------------------------
 
@@ -479,7 +397,7 @@ def load_benchmark(
     path: str | Path | None = None,
     *,
     variant: str | None = None,
-    on_error: OnError = "skip",
+    on_error: OnError = "skip_rows",
 ) -> BenchmarkData:
     """Load a benchmark by name; ``"name:variant"`` is accepted when ``variant`` is not given.
 
@@ -497,69 +415,3 @@ def first_existing(candidates: Iterable[Path]) -> Path | None:
         if c.exists():
             return c
     return None
-
-
-def str_field(row: Mapping[str, Any], key: str) -> str | None:
-    """``row[key]`` as a stripped non-empty string, else ``None``."""
-    v = row.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, str | int | float):
-        return None
-    s = str(v).strip()
-    return s or None
-
-
-def require(
-    row: Mapping[str, Any], keys: Sequence[str], log: ProblemLog, file: Path, line: int
-) -> dict[str, str] | None:
-    """The non-empty string fields ``keys`` of ``row``; reports the missing ones and returns ``None``."""
-    out: dict[str, str] = {}
-    missing = []
-    for k in keys:
-        v = str_field(row, k)
-        if v is None:
-            missing.append(k)
-        else:
-            out[k] = v
-    if missing:
-        log.report(file, line, f"missing or empty field(s): {', '.join(missing)}")
-        return None
-    return out
-
-
-def iter_jsonl(path: Path, log: ProblemLog) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, object)`` for each non-blank line of a JSON Lines file; bad lines are reported."""
-    for n, raw in enumerate(read_text(path).splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            log.report(path, n, f"invalid JSON: {e.msg}")
-            continue
-        if not isinstance(row, dict):
-            log.report(path, n, "each line must be a JSON object")
-            continue
-        yield n, row
-
-
-def iter_csv(path: Path, columns: Sequence[str], log: ProblemLog) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line, row)`` for each row of a CSV file with a header; rows with extra fields are reported.
-
-    A header without one of ``columns`` raises :class:`UserInputError` (``file:1``). ``line`` is the
-    physical line where the row ends (the header is line 1).
-    """
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UserInputError(
-            f"{path}:1: missing column(s) {', '.join(missing)} (header: {', '.join(reader.fieldnames or [])})"
-        )
-    for row in reader:
-        line = reader.line_num
-        extra = row.pop(None, None)  # type: ignore[call-overload]
-        if extra:
-            log.report(path, line, f"{len(extra)} more field(s) than the header (unquoted comma?)")
-            continue
-        yield line, {k: v for k, v in row.items() if k is not None}

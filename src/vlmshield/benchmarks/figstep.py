@@ -21,14 +21,12 @@ from pathlib import Path
 
 from vlmshield.benchmarks.base import (
     Benchmark,
-    ProblemLog,
     Sample,
     benchmark_cache_dir,
     first_existing,
-    iter_csv,
     register_benchmark,
-    require,
 )
+from vlmshield.benchmarks.readers import ProblemLog, iter_csv, require
 from vlmshield.benchmarks.render import FIGSTEP_PROMPT, render_figstep
 from vlmshield.errors import UserInputError
 
@@ -123,7 +121,7 @@ class FigStep(Benchmark):
             }
             if text_only:
                 samples.append(
-                    Sample(sid, self.name, f["question"], (), f["category_name"], "harmful", metadata=meta)
+                    Sample(sid, self.name, row["question"], (), f["category_name"], "harmful", metadata=meta)
                 )
                 continue
             image = images_dir / f"query_ForbidQI_{cat}_{task}_6.png" if images_dir is not None else None

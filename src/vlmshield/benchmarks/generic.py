@@ -21,15 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlmshield.benchmarks.base import (
-    LABELS,
-    Benchmark,
-    ProblemLog,
-    Sample,
-    iter_jsonl,
-    register_benchmark,
-    str_field,
-)
+from vlmshield.benchmarks.base import LABELS, Benchmark, Sample, register_benchmark
+from vlmshield.benchmarks.readers import ProblemLog, iter_jsonl, str_field, text_field
 from vlmshield.errors import UserInputError
 
 _KNOWN = {"id", "query", "image", "category", "label", "answer", "choices"}
@@ -55,8 +48,8 @@ class JsonlBenchmark(Benchmark):
         samples: list[Sample] = []
         seen: set[str] = set()
         for n, row in iter_jsonl(path, log):
-            query = str_field(row, "query")
-            if query is None or not isinstance(row.get("query"), str):
+            query = text_field(row, "query")
+            if query is None:
                 log.report(path, n, "missing or empty 'query' (a string)")
                 continue
             label = row.get("label", "harmful")
@@ -106,7 +99,7 @@ class JsonlBenchmark(Benchmark):
         others need a judge (``None``)."""
         if not sample.choices or sample.answer is None:
             return None
-        from vlmshield.benchmarks.scienceqa import LETTERS, parse_choice
+        from vlmshield.benchmarks.scienceqa import LETTERS, normalize_option, parse_choice
 
         picked = parse_choice(response, sample.choices)
         if picked is None:
@@ -114,4 +107,5 @@ class JsonlBenchmark(Benchmark):
         want = sample.answer.strip()
         if want.upper() in LETTERS[: len(sample.choices)] and len(want) == 1:
             return 1.0 if picked == want.upper() else 0.0
-        return 1.0 if sample.choices[LETTERS.index(picked)].strip().lower() == want.lower() else 0.0
+        chosen = sample.choices[LETTERS.index(picked)]
+        return 1.0 if normalize_option(chosen) == normalize_option(want) else 0.0

@@ -8,7 +8,8 @@ Layout of the release (Hugging Face ``JailbreakV-28K/JailBreakV-28k``, folder ``
 
 CSV columns: ``id, jailbreak_query, redteam_query, format, policy, image_path, from, selected_mini,
 transfer_from_llm``. The model gets ``jailbreak_query`` with the image at ``image_path``; ``policy`` is
-the category. ``path`` may be that folder, its parent, or a CSV file. When ``mini`` is asked for and
+the category. The query is kept exactly as published (leading and trailing whitespace included).
+``path`` may be that folder, its parent, or a CSV file. When ``mini`` is asked for and
 only the full CSV exists, rows with ``selected_mini`` true are kept.
 """
 
@@ -16,15 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmshield.benchmarks.base import (
-    Benchmark,
-    ProblemLog,
-    Sample,
-    first_existing,
-    iter_csv,
-    register_benchmark,
-    require,
-)
+from vlmshield.benchmarks.base import Benchmark, Sample, first_existing, register_benchmark
+from vlmshield.benchmarks.readers import ProblemLog, iter_csv, require
 from vlmshield.errors import UserInputError
 
 _FILES = {"mini": "mini_JailBreakV_28K.csv", "full": "JailBreakV_28K.csv"}
@@ -99,6 +93,8 @@ class JailbreakV28K(Benchmark):
                 "line": line,
             }
             samples.append(
-                Sample(sid, self.name, f["jailbreak_query"], (image,), f["policy"], "harmful", metadata=meta)
+                Sample(
+                    sid, self.name, row["jailbreak_query"], (image,), f["policy"], "harmful", metadata=meta
+                )
             )
         return samples

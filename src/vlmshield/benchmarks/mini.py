@@ -28,15 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlmshield.benchmarks.base import (
-    Benchmark,
-    ProblemLog,
-    Sample,
-    json_entries,
-    read_text,
-    register_benchmark,
-    require,
-)
+from vlmshield.benchmarks.base import Benchmark, Sample, register_benchmark
+from vlmshield.benchmarks.readers import ProblemLog, json_entries, read_text, require
 from vlmshield.benchmarks.render import FIGSTEP_PROMPT, render_figstep, resolve_font
 from vlmshield.benchmarks.synthetic_images import render_scene
 from vlmshield.errors import UserInputError
@@ -80,7 +73,7 @@ class Mini(Benchmark):
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserInputError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+            raise UserInputError(f"{file}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
             raise UserInputError(f"{file}:1: expected an object with an 'items' list")
         # line numbers of the items: find the 'items' array and walk it
@@ -89,7 +82,7 @@ class Mini(Benchmark):
         if start >= 0:
             arr = text.index("[", start)
             offset = text.count("\n", 0, arr)
-            lines = [line + offset for _, _, line in json_entries(text[arr:], file)]
+            lines = [e.line + offset for e in json_entries(text[arr:], file)]
         out: list[tuple[dict[str, str], int]] = []
         seen: set[str] = set()
         for k, item in enumerate(doc["items"]):

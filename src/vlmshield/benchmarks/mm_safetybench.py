@@ -31,14 +31,17 @@ from typing import Any
 
 from vlmshield.benchmarks.base import (
     Benchmark,
-    ProblemLog,
     Sample,
     first_existing,
-    json_entries,
     load_hf_dataset,
-    read_text,
     register_benchmark,
-    str_field,
+)
+from vlmshield.benchmarks.readers import (
+    JsonEntry,
+    ProblemLog,
+    json_entries,
+    read_text,
+    text_field,
 )
 from vlmshield.errors import UserInputError
 
@@ -100,13 +103,20 @@ class MMSafetyBench(Benchmark):
                 "https://github.com/isXinLiu/MM-SafetyBench)"
             )
         out: dict[str, set[str]] = {}
-        for _, entry, line in json_entries(read_text(f), f):
+        for e in json_entries(read_text(f), f):
+            entry = e.value
             if (
                 not isinstance(entry, dict)
                 or "Scenario" not in entry
                 or not isinstance(entry.get("Sampled_ID_List"), list)
             ):
-                log.report(f, line, "expected {'Scenario': ..., 'Sampled_ID_List': [...]}")
+                log.report(
+                    f,
+                    e.line,
+                    "expected {'Scenario': ..., 'Sampled_ID_List': [...]}",
+                    entry=e.describe(),
+                    lost=0,
+                )
                 continue
             out[str(entry["Scenario"])] = {str(i) for i in entry["Sampled_ID_List"]}
         return out
@@ -135,32 +145,38 @@ class MMSafetyBench(Benchmark):
         if not files:
             raise UserInputError(f"{qdir} holds no scenario .json files: {self.download}")
         samples: list[Sample] = []
+        field = "Question" if kind == "text" else _FIELD[kind]
         for f in files:
             scenario = f.stem
+            wanted = tiny_ids.get(scenario, set())
+            entries: list[JsonEntry] = []
             try:
-                entries = list(json_entries(read_text(f), f))
-            except UserInputError as e:
-                log.error(e)
+                entries.extend(json_entries(read_text(f), f))
+            except UserInputError as err:  # truncated or corrupt: all or nothing for this file
+                seen = sum(1 for x in entries if not tiny or str(x.key) in wanted)
+                log.unreadable_file(f, err, seen=seen)
                 continue
-            for qid, row, line in entries:
-                qid = str(qid)
-                if tiny and qid not in tiny_ids.get(scenario, set()):
+            for e in entries:
+                qid, row, line = str(e.key), e.value, e.line
+                if tiny and qid not in wanted:
                     continue
+                name = e.describe(noun="question")
                 if not isinstance(row, dict):
-                    log.report(f, line, "each question must be an object")
+                    log.report(f, line, "each question must be an object", entry=name)
                     continue
-                field = "Question" if kind == "text" else _FIELD[kind]
-                query = str_field(row, field)
+                query = text_field(row, field)
                 if query is None:
-                    log.report(f, line, f"question {qid}: missing or empty {field!r}")
+                    log.report(f, line, f"missing or empty {field!r}", entry=name)
                     continue
                 images: tuple[Path, ...] = ()
                 if img_root is not None:
                     image = img_root / scenario / kind / f"{qid}.jpg"
-                    if not log.image(f, line, image):
+                    if not log.image(f, line, image, entry=name):
                         continue
                     images = (image,)
-                samples.append(self._sample(variant, scenario, qid, query, images, row, str(f), line))
+                sample = self._sample(variant, scenario, qid, query, images, row, str(f), line)
+                sample.metadata["entry"] = e.index
+                samples.append(sample)
         return samples
 
     def _sample(
@@ -209,7 +225,7 @@ class MMSafetyBench(Benchmark):
             )
             for i, row in enumerate(ds):
                 qid = str(row.get("id", i))
-                query = str_field(row, "question")
+                query = text_field(row, "question")
                 if query is None:
                     log.report(
                         f"hf://{self.hf_dataset}/{_category(scenario)}/{_HF_SPLIT[kind]}", i, "empty question"

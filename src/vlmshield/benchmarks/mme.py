@@ -20,14 +20,12 @@ from pathlib import Path
 
 from vlmshield.benchmarks.base import (
     Benchmark,
-    ProblemLog,
     Sample,
     SampleImage,
     load_hf_dataset,
-    read_text,
     register_benchmark,
-    str_field,
 )
+from vlmshield.benchmarks.readers import ProblemLog, read_text, str_field, text_field
 from vlmshield.errors import UserInputError
 
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
@@ -85,6 +83,11 @@ class MME(Benchmark):
             if (task_dir / "questions_answers_YN").is_dir():
                 qa_dir, img_dir = task_dir / "questions_answers_YN", task_dir / "images"
             for txt in sorted(qa_dir.glob("*.txt")):
+                try:
+                    lines = read_text(txt).splitlines()
+                except UserInputError as e:  # not UTF-8, unreadable: the file's questions are lost
+                    log.unreadable_file(txt, e)
+                    continue
                 image = next(
                     (
                         img_dir / f"{txt.stem}{e}"
@@ -94,16 +97,21 @@ class MME(Benchmark):
                     None,
                 )
                 if image is None:
-                    log.report(txt, None, f"no image {txt.stem}.jpg/.png in {img_dir}")
+                    n_questions = sum(1 for raw in lines if raw.strip())
+                    log.report(txt, None, f"no image {txt.stem}.jpg/.png in {img_dir}", lost=n_questions)
                     continue
-                for n, raw in enumerate(read_text(txt).splitlines(), 1):
+                for n, raw in enumerate(lines, 1):
                     if not raw.strip():
                         continue
                     parts = raw.rstrip("\n").split("\t")
-                    if len(parts) != 2 or parts[1].strip().lower() not in ("yes", "no"):
+                    if (
+                        len(parts) != 2
+                        or not parts[0].strip()
+                        or parts[1].strip().lower() not in ("yes", "no")
+                    ):
                         log.report(txt, n, "expected 'question<TAB>Yes' or 'question<TAB>No'")
                         continue
-                    q, a = parts[0].strip(), parts[1].strip().capitalize()
+                    q, a = parts[0], parts[1].strip().capitalize()
                     key = f"{task_dir.name}/{txt.stem}"
                     samples.append(self._sample(f"{key}/{n}", q, image, a, task_dir.name, key, str(txt), n))
         return samples
@@ -135,7 +143,7 @@ class MME(Benchmark):
         samples: list[Sample] = []
         counts: dict[str, int] = {}
         for i, row in enumerate(ds):
-            q, a, task = str_field(row, "question"), str_field(row, "answer"), str_field(row, "category")
+            q, a, task = text_field(row, "question"), str_field(row, "answer"), str_field(row, "category")
             if q is None or a is None or task is None or row.get("image") is None:
                 log.report(f"hf://{self.hf_dataset}", i, "missing question, answer, category or image")
                 continue

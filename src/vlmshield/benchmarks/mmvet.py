@@ -17,15 +17,12 @@ from typing import Any
 
 from vlmshield.benchmarks.base import (
     Benchmark,
-    ProblemLog,
     Sample,
     first_existing,
-    json_entries,
     load_hf_dataset,
-    read_text,
     register_benchmark,
-    str_field,
 )
+from vlmshield.benchmarks.readers import ProblemLog, json_entries, read_text, str_field, text_field
 from vlmshield.errors import UserInputError
 
 
@@ -65,20 +62,26 @@ class MMVet(Benchmark):
             meta_file = found
         image_dir = meta_file.parent / "images"
         samples: list[Sample] = []
-        for key, entry, line in json_entries(read_text(meta_file), meta_file):
+        for e in json_entries(read_text(meta_file), meta_file):
+            key, entry, line = e.key, e.value, e.line
             if not isinstance(entry, dict):
-                log.report(meta_file, line, "each entry must be an object")
+                log.report(meta_file, line, "each entry must be an object", entry=e.describe())
                 continue
             q, a, img = (
-                str_field(entry, "question"),
+                text_field(entry, "question"),
                 str_field(entry, "answer"),
                 str_field(entry, "imagename"),
             )
             if q is None or a is None or img is None:
-                log.report(meta_file, line, f"{key}: missing or empty 'question', 'answer' or 'imagename'")
+                log.report(
+                    meta_file,
+                    line,
+                    "missing or empty 'question', 'answer' or 'imagename'",
+                    entry=e.describe(),
+                )
                 continue
             image = image_dir / img
-            if not log.image(meta_file, line, image):
+            if not log.image(meta_file, line, image, entry=e.describe()):
                 continue
             caps = _capabilities(entry.get("capability"))
             samples.append(
@@ -90,7 +93,12 @@ class MMVet(Benchmark):
                     ",".join(caps) or "unknown",
                     "utility",
                     answer=a,
-                    metadata={"capability": caps, "source_file": str(meta_file), "line": line},
+                    metadata={
+                        "capability": caps,
+                        "source_file": str(meta_file),
+                        "line": line,
+                        "entry": e.index,
+                    },
                 )
             )
         return samples
@@ -99,7 +107,7 @@ class MMVet(Benchmark):
         ds = load_hf_dataset(self.hf_dataset or "", None, "test", benchmark=self.name)
         samples: list[Sample] = []
         for i, row in enumerate(ds):
-            q, a = str_field(row, "question"), str_field(row, "answer")
+            q, a = text_field(row, "question"), str_field(row, "answer")
             if q is None or a is None or row.get("image") is None:
                 log.report(f"hf://{self.hf_dataset}", i, "missing question, answer or image")
                 continue

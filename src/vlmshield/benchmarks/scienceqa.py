@@ -11,7 +11,9 @@ Variants: ``test-img`` (default; test questions with an image, the "ScienceQA-IM
 options as ``A. ...`` lines followed by the answer instruction LLaVA uses for this benchmark:
 ``"Answer with the option's letter from the given choices directly."``; a non-empty ``hint`` is put in
 front as ``Context: ...``. :meth:`ScienceQA.score` reads the chosen letter (``B``, ``(B)``, ``B.``,
-``The answer is B``) or an exact option text; anything else scores 0. Hub route:
+``The answer is B``, ``The correct option is B``) or an option's text, both sides normalised the same
+way (:func:`normalize_option`: case, surrounding whitespace and quotes, trailing ``.!?;:,``), so an
+option that ends with a period matches the same text with or without it; anything else scores 0. Hub route:
 ``derek-thomas/ScienceQA`` (``validation`` / ``test`` splits).
 """
 
@@ -23,21 +25,21 @@ from typing import Any
 
 from vlmshield.benchmarks.base import (
     Benchmark,
-    ProblemLog,
     Sample,
     first_existing,
-    json_entries,
     load_hf_dataset,
-    read_text,
     register_benchmark,
-    str_field,
 )
+from vlmshield.benchmarks.readers import ProblemLog, json_entries, read_text, str_field
 from vlmshield.errors import UserInputError
 
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDEFGHIJ"
 _LEADING = re.compile(r"^[\s*\"'(\[]*([A-J])(?:[.:,)\]]|$)")
-_STATED = re.compile(r"answer\s*(?:is|:)?\s*\(?([A-J])\)?(?:[\s.:,)]|$)", re.IGNORECASE)
+# the words case-insensitive, the letter upper case ("the answer is a cat" picks nothing)
+_STATED = re.compile(r"(?i:answer|option|choice)\s*(?i:is|:)?\s*\(?([A-J])\)?(?:[\s.:,)]|$)")
+_EDGE_PUNCT = re.compile(r"^[\s\"'`*]+|[\s\"'`*.!?;:,]+$")
+_SPACES = re.compile(r"\s+")
 
 
 def format_question(question: str, choices: list[str], hint: str | None) -> str:
@@ -51,16 +53,34 @@ def format_question(question: str, choices: list[str], hint: str | None) -> str:
     return "\n".join(parts)
 
 
+def normalize_option(text: str) -> str:
+    """An answer or option text as compared: lower-cased, runs of whitespace as one space, without
+    surrounding whitespace, quotes or asterisks and without trailing ``.!?;:,``.
+
+    Example:
+        >>> normalize_option(' "The frog is green." ') == normalize_option("the frog is  green")
+        True
+    """
+    prev = None
+    out = text
+    while prev != out:  # quotes around a sentence that ends with a period: strip both
+        prev, out = out, _EDGE_PUNCT.sub("", out)
+    return _SPACES.sub(" ", out).lower()
+
+
 def parse_choice(response: str, choices: tuple[str, ...]) -> str | None:
-    """The option letter a response picks, or ``None``."""
+    """The option letter a response picks, or ``None``: a letter (``B``, ``(B)``, ``B.``,
+    ``The answer is B``) or exactly one option's text (see :func:`normalize_option`)."""
     r = response.strip()
     n = len(choices)
     for m in (_LEADING.match(r), _STATED.search(r)):
         if m and LETTERS.index(m.group(1)) < n:
             return m.group(1)
-    low = r.lower().rstrip(".").strip()
+    said = normalize_option(r)
+    if not said:
+        return None
     for i, c in enumerate(choices):
-        if low == c.lower().strip():
+        if said == normalize_option(c):
             return LETTERS[i]
     return None
 
@@ -134,12 +154,13 @@ class ScienceQA(Benchmark):
         split, need_image = variant.removesuffix("-img"), variant.endswith("-img")
         image_root = problems.parent / "images"
         samples: list[Sample] = []
-        for pid, row, line in json_entries(read_text(problems), problems):
+        for e in json_entries(read_text(problems), problems):
+            pid, row, line = e.key, e.value, e.line
             if isinstance(row, dict) and row.get("split") != split:
                 continue
             wrong = self._valid(row)
             if wrong:
-                log.report(problems, line, f"{pid}: {wrong}")
+                log.report(problems, line, wrong, entry=e.describe(noun="problem"))
                 continue
             image_name = str_field(row, "image")
             if need_image and image_name is None:
@@ -154,7 +175,10 @@ class ScienceQA(Benchmark):
                 )
                 if image is None:
                     log.report(
-                        problems, line, f"image not found: {image_root / split / str(pid) / image_name}"
+                        problems,
+                        line,
+                        f"image not found: {image_root / split / str(pid) / image_name}",
+                        entry=e.describe(noun="problem"),
                     )
                     continue
             samples.append(self._sample(str(pid), row, image, variant, str(problems), line))

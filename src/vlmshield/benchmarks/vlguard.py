@@ -22,17 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlmshield.benchmarks.base import (
-    Benchmark,
-    Label,
-    ProblemLog,
-    Sample,
-    first_existing,
-    json_entries,
-    read_text,
-    register_benchmark,
-    str_field,
-)
+from vlmshield.benchmarks.base import Benchmark, Label, Sample, first_existing, register_benchmark
+from vlmshield.benchmarks.readers import ProblemLog, json_entries, read_text, str_field, text_field
 from vlmshield.errors import UserInputError
 
 _SUBSETS = ("safe_safes", "safe_unsafes", "unsafes")
@@ -71,24 +62,30 @@ class VLGuard(Benchmark):
         wanted = _SUBSETS if variant in (None, "all") else (variant,)
         buckets: dict[str, list[Sample]] = {s: [] for s in _SUBSETS}
         seen: set[str] = set()
-        for _, entry, line in json_entries(read_text(meta_file), meta_file):
+        for e in json_entries(read_text(meta_file), meta_file):
+            entry, line = e.value, e.line
             if not isinstance(entry, dict):
-                log.report(meta_file, line, "each entry must be an object")
+                log.report(meta_file, line, "each entry must be an object", entry=e.describe())
                 continue
             eid, image_rel = str_field(entry, "id"), str_field(entry, "image")
+            name = e.describe(id=eid)
             safe = entry.get("safe")
             pairs = entry.get("instr-resp")
             if eid is None or image_rel is None or not isinstance(safe, bool) or not isinstance(pairs, list):
                 log.report(
-                    meta_file, line, "expected 'id', 'image', 'safe' (true/false) and an 'instr-resp' list"
+                    meta_file,
+                    line,
+                    "expected 'id', 'image', 'safe' (true/false) and an 'instr-resp' list",
+                    entry=name,
+                    lost=len(pairs) if isinstance(pairs, list) and pairs else 1,
                 )
                 continue
             image = image_dir / image_rel
-            if not log.image(meta_file, line, image):
+            if not log.image(meta_file, line, image, entry=name, lost=max(1, len(pairs))):
                 continue
             for pair in pairs:
                 if not isinstance(pair, dict):
-                    log.report(meta_file, line, f"{eid}: each instr-resp item must be an object")
+                    log.report(meta_file, line, "each instr-resp item must be an object", entry=name)
                     continue
                 if safe:
                     options = [
@@ -99,18 +96,18 @@ class VLGuard(Benchmark):
                     options = [("unsafes", "instruction", "harmful")]
                 if not any(key in pair for _, key, _ in options):
                     keys = " or ".join(repr(k) for _, k, _ in options)
-                    log.report(meta_file, line, f"{eid}: instr-resp item without {keys}")
+                    log.report(meta_file, line, f"instr-resp item without {keys}", entry=name)
                     continue
                 for subset, key, label in options:
                     if key not in pair:
                         continue
-                    text = str_field(pair, key)
+                    text = text_field(pair, key)
                     if text is None:
-                        log.report(meta_file, line, f"{eid}: empty {key!r}")
+                        log.report(meta_file, line, f"empty {key!r}", entry=name)
                         continue
                     sid = f"vlguard/{subset}/{eid}"
                     if sid in seen:
-                        log.report(meta_file, line, f"duplicate {subset} sample for id {eid!r}")
+                        log.report(meta_file, line, f"duplicate {subset} sample for id {eid!r}", entry=name)
                         continue
                     seen.add(sid)
                     category = str(
@@ -124,6 +121,7 @@ class VLGuard(Benchmark):
                         "reference": pair.get("response"),
                         "source_file": str(meta_file),
                         "line": line,
+                        "entry": e.index,
                     }
                     lab: Label = "benign" if label == "benign" else "harmful"
                     buckets[subset].append(

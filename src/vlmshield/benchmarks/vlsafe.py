@@ -3,7 +3,8 @@
 Published as JSON Lines on the Hugging Face Hub (``YangyiYY/LVLM_NLF``, folder ``VLSafe/``): the
 evaluation split is ``harmlessness_examine.jsonl`` (older copies: ``VLSafe_harmlessness_examine.jsonl``),
 one object per line with ``image_id`` (a COCO train2017 file name, e.g. ``000000391895.jpg``, or the
-bare number) and ``query``. The images are not redistributed: they come from COCO train2017
+bare number), ``query`` and side fields such as ``caption`` (kept in the sample's metadata, like any
+other published field; the query is kept exactly as published). The images are not redistributed: they come from COCO train2017
 (https://cocodataset.org, ``train2017.zip``).
 
 ``path`` may be the JSONL file or a folder holding it. The COCO folder is looked for, in order, in
@@ -17,15 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vlmshield.benchmarks.base import (
-    Benchmark,
-    ProblemLog,
-    Sample,
-    first_existing,
-    iter_jsonl,
-    register_benchmark,
-    str_field,
-)
+from vlmshield.benchmarks.base import Benchmark, Sample, first_existing, register_benchmark
+from vlmshield.benchmarks.readers import ProblemLog, iter_jsonl, str_field, text_field
 from vlmshield.errors import UserInputError
 
 _FILES = ("harmlessness_examine.jsonl", "VLSafe_harmlessness_examine.jsonl")
@@ -92,7 +86,7 @@ class VLSafe(Benchmark):
             )
         samples: list[Sample] = []
         for n, row in iter_jsonl(jsonl, log):
-            query = str_field(row, "query")
+            query = text_field(row, "query")
             image_id = str_field(row, "image_id") or str_field(row, "image")
             if query is None or image_id is None:
                 log.report(
@@ -110,6 +104,7 @@ class VLSafe(Benchmark):
                 if not log.image(jsonl, n, image):
                     continue
                 images = (image,)
-            meta = {"image_id": image_id, "coco_file": fname, "source_file": str(jsonl), "line": n}
+            meta = {k: v for k, v in row.items() if k not in ("query", "image_id", "image")}
+            meta.update(image_id=image_id, coco_file=fname, source_file=str(jsonl), line=n)
             samples.append(Sample(sid, self.name, query, images, "harmful-query", "harmful", metadata=meta))
         return samples
