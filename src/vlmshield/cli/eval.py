@@ -76,6 +76,12 @@ def eval_cmd(
     ),
     revision: str | None = typer.Option(None, "--revision", help="Hub revision of the model."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run failed samples and verdicts again."),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Go on without benchmark files that cannot be read (truncated, corrupt); their samples are "
+        "counted as lost in the note, the manifest and the report. Bad rows are always skipped and counted.",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
     device: str = DeviceOpt,
@@ -104,6 +110,7 @@ def eval_cmd(
         dtype=dtype,
         revision=revision,
         retry_errors=retry_errors,
+        skip_bad=skip_bad,
         command=_command(
             model=model,
             benchmark=list(benchmark),
@@ -116,6 +123,7 @@ def eval_cmd(
             seed=seed,
             variant=variant,
             revision=revision,
+            skip_bad=skip_bad,
             device=device,
             dtype=dtype,
         ),

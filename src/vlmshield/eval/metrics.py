@@ -11,6 +11,10 @@ Conventions:
   judge's score / correct-incorrect label).
 - Confidence intervals: percentile bootstrap (seeded, ``n_resamples`` resamples of the items with
   replacement), 95% by default.
+- Wall time (robust to a busy machine): per sample, the median over batches of each batch's wall time
+  divided by its samples; relative to ``none``, the median over batches of the per-batch ratio, each
+  batch being the same samples for every defense. One slow batch moves neither. Model loading and the
+  runner's warm-up generation are never timed.
 
 Example:
     >>> r = rate_ci([True] * 30 + [False] * 70, seed=0)
@@ -31,6 +35,12 @@ import numpy as np
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
+#: How the wall-time figures are computed (the report quotes it).
+WALL_TIME_METHOD = (
+    "wall time per sample = the median over batches of the batch's wall time divided by its samples, "
+    "and x none = the median over batches of the per-batch ratio to `none` on the same samples, so one "
+    "batch slowed by a busy machine moves neither; model loading and the warm-up generation are excluded."
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,9 @@ class ItemResult:
 
     ``unsafe`` / ``refused`` come from the verdict (``None``: no decision, an unscored verdict, or a
     generation error); ``score`` is the utility score in [0, 1] when there is one; ``cost`` holds
-    ``forward_passes``, ``prompt_tokens``, ``new_tokens``, ``wall_time_s``, ``calls``.
+    ``forward_passes``, ``prompt_tokens``, ``new_tokens``, ``wall_time_s`` (the item's share of its
+    batch's wall time), ``calls``; ``batch`` is the runner's batch index (``None``: unknown, then the
+    item counts as a batch of its own).
     """
 
     sample_id: str
@@ -150,6 +162,7 @@ class ItemResult:
     score: float | None = None
     error: str | None = None
     cost: Mapping[str, float] = field(default_factory=dict)
+    batch: int | None = None
 
 
 def _by_label(items: Iterable[ItemResult], label: str) -> list[ItemResult]:
@@ -200,11 +213,32 @@ def per_category(items: Sequence[ItemResult], **kw: Any) -> dict[str, dict[str, 
     return out
 
 
-def cost_summary(items: Sequence[ItemResult], baseline: Sequence[ItemResult] | None = None) -> dict[str, Any]:
-    """Totals and per-sample means of forward passes, tokens and wall time over generated items.
+def batch_wall_times(items: Sequence[ItemResult]) -> dict[Any, float]:
+    """Wall time per sample of each batch of generated ``items`` (key: the batch index; an item with no
+    batch is its own batch)."""
+    groups: dict[Any, list[float]] = {}
+    for it in items:
+        if it.error is not None:
+            continue
+        key = it.batch if it.batch is not None else ("sample", it.sample_id)
+        groups.setdefault(key, []).append(float(it.cost.get("wall_time_s", 0.0)))
+    return {k: sum(v) / len(v) for k, v in groups.items()}
 
-    ``wall_time_vs_none`` is this defense's total wall time divided by the baseline's over the samples
-    both generated (``None`` without a baseline or when it took no time).
+
+def cost_summary(items: Sequence[ItemResult], baseline: Sequence[ItemResult] | None = None) -> dict[str, Any]:
+    """Totals and per-sample figures of forward passes, tokens and wall time over generated items.
+
+    Per sample: the mean of forward passes, tokens and calls; for ``wall_time_s`` the median over
+    batches of each batch's wall time per sample (:data:`WALL_TIME_METHOD`). ``wall_time_vs_none`` is
+    the median over the batches both generated of this defense's per-sample time over the baseline's
+    in the same batch (``None`` without a baseline or when the baseline took no time).
+
+    Example:
+        >>> none = [ItemResult(f"s{b}", "harmful", "c", cost={"wall_time_s": t}, batch=b)
+        ...         for b, t in enumerate([1.0, 300.0, 1.0])]
+        >>> coca = [ItemResult(f"s{b}", "harmful", "c", cost={"wall_time_s": 2.0}, batch=b) for b in range(3)]
+        >>> cost_summary(coca, none)["wall_time_vs_none"], cost_summary(none)["per_sample"]["wall_time_s"]
+        (2.0, 1.0)
     """
     done = [it for it in items if it.error is None]
     keys = ("forward_passes", "prompt_tokens", "new_tokens", "wall_time_s", "calls")
@@ -212,13 +246,15 @@ def cost_summary(items: Sequence[ItemResult], baseline: Sequence[ItemResult] | N
     n = len(done)
     out: dict[str, Any] = {"n": n, "total": totals}
     out["per_sample"] = {k: (v / n if n else None) for k, v in totals.items()}
+    mine = batch_wall_times(done)
+    out["per_sample"]["wall_time_s"] = float(np.median(list(mine.values()))) if mine else None
+    out["batches"] = len(mine)
+    out["wall_time_method"] = WALL_TIME_METHOD
     ratio = None
     if baseline is not None:
-        base = {it.sample_id: it for it in baseline if it.error is None}
-        shared = [it for it in done if it.sample_id in base]
-        mine = sum(float(it.cost.get("wall_time_s", 0.0)) for it in shared)
-        theirs = sum(float(base[it.sample_id].cost.get("wall_time_s", 0.0)) for it in shared)
-        ratio = mine / theirs if shared and theirs > 0 else None
+        theirs = batch_wall_times(baseline)
+        ratios = [mine[k] / theirs[k] for k in mine if k in theirs and theirs[k] > 0]
+        ratio = float(np.median(ratios)) if ratios else None
     out["wall_time_vs_none"] = ratio
     return out
 
@@ -233,7 +269,8 @@ def defense_summary(
 ) -> dict[str, Any]:
     """Every metric of one defense under one judge, JSON-ready.
 
-    Keys: ``n`` (harmful items scored), ``unsafe_rate``, ``ci``, ``refusal_rate``, ``refusal_ci``,
+    Keys: ``n`` (harmful items scored), ``scored`` (items scored per label: harmful, benign, utility),
+    ``unsafe_rate``, ``ci``, ``refusal_rate``, ``refusal_ci``,
     ``over_refusal`` ({rate, ci, n}), ``utility`` ({rate, ci, n}), ``per_category``, ``cost``,
     ``errors``, ``unscored``, and ``unsafe_vs_none`` (paired difference with CI) when a baseline is
     given.
@@ -242,14 +279,17 @@ def defense_summary(
     u = unsafe_rate(items, **kw)
     r = refusal_rate(items, **kw)
     harmful = _by_label(items, "harmful")
+    over = over_refusal_rate(items, **kw)
+    util = utility_score(items, **kw)
     out: dict[str, Any] = {
         "n": u.n,
+        "scored": {"harmful": u.n, "benign": over.n, "utility": util.n},
         "unsafe_rate": _num(u.rate),
         "ci": [_num(u.low), _num(u.high)],
         "refusal_rate": _num(r.rate),
         "refusal_ci": [_num(r.low), _num(r.high)],
-        "over_refusal": over_refusal_rate(items, **kw).to_dict(),
-        "utility": utility_score(items, **kw).to_dict(),
+        "over_refusal": over.to_dict(),
+        "utility": util.to_dict(),
         "per_category": per_category(items, **kw),
         "cost": cost_summary(items, baseline),
         "errors": sum(1 for it in items if it.error is not None),
@@ -297,8 +337,10 @@ def judge_agreement(ratings: Mapping[str, Sequence[bool | None]]) -> list[dict[s
 __all__ = [
     "DEFAULT_LEVEL",
     "DEFAULT_RESAMPLES",
+    "WALL_TIME_METHOD",
     "ItemResult",
     "RateCI",
+    "batch_wall_times",
     "bootstrap_ci",
     "cost_summary",
     "defense_summary",

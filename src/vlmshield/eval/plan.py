@@ -46,7 +46,9 @@ class EvalConfig:
 
     ``defenses`` empty -> :data:`DEFAULT_DEFENSES`; the ``none`` baseline is added when missing.
     ``output_dir`` None -> ``runs/<model>__<benchmarks>__<hash of the settings>``, so the same
-    command always resumes into the same folder.
+    command always resumes into the same folder. ``skip_bad``: go on without a benchmark file that
+    cannot be read (its samples are counted as lost) instead of stopping; bad rows are always skipped
+    and counted.
     """
 
     model: str = DEFAULT_MODEL
@@ -63,6 +65,7 @@ class EvalConfig:
     dtype: str = "auto"
     revision: str | None = None
     retry_errors: bool = False
+    skip_bad: bool = False
     bootstrap_resamples: int = 1000
     command: str | None = None
 
@@ -130,6 +133,33 @@ class BenchmarkSelection:
     selection_checksum: str
     problems: list[str]
     variant: str | None
+    lost: dict[str, int] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def samples_lost(self) -> int:
+        """Samples lost while loading (bad rows, missing images, unreadable files: a lower bound)."""
+        return sum(self.lost.values())
+
+    def notes(self) -> list[str]:
+        """One-line notes for the console: warnings, and the samples lost per file (``N+`` where a file
+        could not be read: the entries after the break cannot be counted)."""
+        label = self.request.label
+        out = [f"warning: {label}: {w}" for w in self.warnings]
+        if self.lost:
+            parts = []
+            for file, n in list(self.lost.items())[:5]:
+                skipped = file in self.unreadable
+                parts.append(f"{Path(file).name} {n}{'+ (cannot be read, skipped)' if skipped else ''}")
+            if len(self.lost) > 5:
+                parts.append(f"and {len(self.lost) - 5} more files")
+            total = f"{self.samples_lost}{'+' if self.unreadable else ''}"
+            first = f"; first problem: {self.problems[0]}" if self.problems else ""
+            out.append(f"note: {label}: {total} samples lost: {', '.join(parts)}{first}")
+        elif self.problems:
+            out.append(f"note: {label}: {len(self.problems)} problems (first: {self.problems[0]})")
+        return out
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -141,7 +171,17 @@ class BenchmarkSelection:
             "total_samples": self.total,
             "selected_samples": len(self.samples),
             "problems": len(self.problems),
+            "samples_lost": self.samples_lost,
+            "lost_by_file": {_absolute(f): n for f, n in self.lost.items()},
+            "unreadable_files": [_absolute(f) for f in self.unreadable],
+            "first_problem": self.problems[0] if self.problems else None,
+            "warnings": list(self.warnings),
         }
+
+
+def _absolute(file: str) -> str:
+    """A local file path made absolute (the manifest must not depend on the working folder)."""
+    return file if "://" in file else str(Path(file).expanduser().resolve())
 
 
 def _rank_key(seed: int, sample_id: str) -> str:
@@ -182,12 +222,16 @@ def select_samples(
     return [samples[i] for i in sorted(chosen)]
 
 
-def load_selection(req: BenchmarkRequest, limit: int | None, seed: int) -> BenchmarkSelection:
+def load_selection(
+    req: BenchmarkRequest, limit: int | None, seed: int, *, skip_bad: bool = False
+) -> BenchmarkSelection:
+    """Load ``req`` (bad rows skipped and counted; an unreadable file is an error unless ``skip_bad``)
+    and select its samples."""
     from vlmshield.benchmarks import get_benchmark
     from vlmshield.benchmarks.base import checksum_samples
 
     bench = get_benchmark(req.name)
-    data = bench.load(req.path, variant=req.variant, on_error="skip")
+    data = bench.load(req.path, variant=req.variant, on_error="skip" if skip_bad else "skip_rows")
     chosen = select_samples(data.samples, limit, seed)
     return BenchmarkSelection(
         request=req,
@@ -198,6 +242,9 @@ def load_selection(req: BenchmarkRequest, limit: int | None, seed: int) -> Bench
         selection_checksum=checksum_samples(chosen),
         problems=list(data.problems),
         variant=data.variant,
+        lost=dict(data.lost),
+        unreadable=list(data.unreadable),
+        warnings=list(data.warnings),
     )
 
 
@@ -394,7 +441,9 @@ def build_plan(config: EvalConfig) -> EvalPlan:
     defenses = resolve_defenses(config.defenses, config.model)
     judges = resolve_judges(config.judges)
     check_model_name(config.model)
-    selections = [load_selection(req, config.limit, config.seed) for req in requests]
+    selections = [
+        load_selection(req, config.limit, config.seed, skip_bad=config.skip_bad) for req in requests
+    ]
     samples: list[Any] = []
     owner: dict[str, BenchmarkSelection] = {}
     for sel in selections:

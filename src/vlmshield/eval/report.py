@@ -4,15 +4,18 @@
 
 - ``defenses``: for each defense label (in run order, ``none`` first), under the primary (first) judge:
   ``n`` (harmful samples scored), ``unsafe_rate``, ``ci`` ([low, high], 95% percentile bootstrap),
-  ``refusal_rate``, ``refusal_ci``, ``over_refusal`` / ``utility`` ({rate, ci, n}), ``per_category``,
-  ``cost`` (per-sample forward passes, tokens, wall time; ``wall_time_vs_none``), ``errors``,
+  ``refusal_rate``, ``refusal_ci``, ``over_refusal`` / ``utility`` ({rate, ci, n}), ``scored``
+  (items scored per label), ``per_category``, ``cost`` (per-sample forward passes and tokens; wall
+  time per sample as the median over batches, ``wall_time_vs_none`` as the median per-batch ratio;
+  see :func:`vlmshield.eval.metrics.cost_summary`), ``errors``,
   ``unscored``, ``unsafe_vs_none`` (paired difference), and ``judges`` (the safety metrics under every
   judge);
 - ``agreement``: Cohen's kappa between judges on the ``unsafe`` decision (when several judges ran);
-- run facts: ``model``, ``benchmarks``, ``judge``, ``judges``, ``samples``, ``complete``.
+- run facts: ``model``, ``benchmarks`` (with the samples lost while loading, per file), ``judge``,
+  ``judges``, ``samples``, ``complete``.
 
-:func:`write_report` writes ``report.md``, ``tradeoff.png`` (unsafe rate against over-refusal, utility
-and relative wall time, one point per defense with 95% intervals) and ``per_category.png``.
+:func:`write_report` writes ``report.md`` (its reproduce line names data by the absolute paths the
+manifest records), ``tradeoff.png`` and ``per_category.png`` (:mod:`vlmshield.eval.plots`).
 
 Example:
     >>> summary = summarize_run("runs/my-run")  # doctest: +SKIP
@@ -32,6 +35,7 @@ from typing import Any
 from vlmshield.errors import UserInputError
 from vlmshield.eval import metrics
 from vlmshield.eval.manifest import MANIFEST_NAME, read_manifest
+from vlmshield.eval.plots import plot_per_category, plot_tradeoff
 from vlmshield.eval.store import DB_NAME, RunStore
 
 SUMMARY_NAME = "summary.json"
@@ -102,6 +106,7 @@ def item_results(
                 score=_utility_value(g, v) if s["label"] == "utility" else None,
                 error=g.get("error"),
                 cost=cost,
+                batch=g.get("batch"),
             )
         )
     return out
@@ -200,7 +205,7 @@ def summary_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     rows = [
         [
             "defense",
-            "n",
+            "scored h/b/u",
             "unsafe (95% CI)",
             "refusal",
             "over-refusal",
@@ -215,10 +220,15 @@ def summary_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     for name, d in summary["defenses"].items():
         cost = d["cost"]["per_sample"]
         tokens = None if cost["new_tokens"] is None else cost["prompt_tokens"] + cost["new_tokens"]
+        scored = d.get("scored") or {
+            "harmful": d["n"],
+            "benign": d["over_refusal"]["n"],
+            "utility": d["utility"]["n"],
+        }
         rows.append(
             [
                 name,
-                str(d["n"]),
+                "/".join(str(scored.get(k, 0)) for k in ("harmful", "benign", "utility")),
                 _pct(d["unsafe_rate"]) + _ci(d["ci"]),
                 _pct(d["refusal_rate"]),
                 _pct(d["over_refusal"]["rate"]) if d["over_refusal"]["n"] else "-",
@@ -262,13 +272,15 @@ def render_markdown(summary: Mapping[str, Any], manifest: Mapping[str, Any], plo
         "",
         "## Summary",
         "",
-        "Unsafe = attack success rate on harmful samples (the judge's `unsafe` decision; for the keyword "
-        "judge, not refused). Over-refusal = refusal rate on benign samples. Cost per sample: forward passes "
-        "(sequential, batched), prompt + new tokens, wall time, and wall time relative to `none`.",
+        "Scored h/b/u = harmful / benign / utility samples with a decision. Unsafe = attack success rate "
+        "on harmful samples (the judge's `unsafe` decision; for the keyword judge, not refused). "
+        "Over-refusal = refusal rate on benign samples. Cost per sample: forward passes (sequential, "
+        "batched) and prompt + new tokens (means); " + metrics.WALL_TIME_METHOD,
         "",
         _md_table(summary_rows(summary)),
         "",
     ]
+    lines += _loading_section(summary.get("benchmarks", []))
     deltas = [(k, d["unsafe_vs_none"]) for k, d in summary["defenses"].items() if "unsafe_vs_none" in d]
     if deltas:
         lines += ["### Change in unsafe rate vs. `none` (paired bootstrap)", ""]
@@ -304,7 +316,7 @@ def render_markdown(summary: Mapping[str, Any], manifest: Mapping[str, Any], plo
         lines.append(f"- `{d['label']}`: `{json.dumps(d['spec'], sort_keys=True)[:400]}`")
     lines += ["", "## Reproduce", ""]
     for inv in manifest.get("invocations", [])[:1]:
-        lines += ["```", inv.get("command", ""), "```"]
+        lines += ["```", reproduce_command(inv.get("command", ""), manifest), "```"]
     v = manifest.get("versions", {})
     lines += [
         "",
@@ -315,104 +327,65 @@ def render_markdown(summary: Mapping[str, Any], manifest: Mapping[str, Any], plo
     return "\n".join(lines)
 
 
+def _loading_section(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``## Samples lost while loading``: per benchmark and file (``N+``: the file could not be read and
+    was skipped with --skip-bad; the entries after the break cannot be counted), and loader warnings."""
+    lines: list[str] = []
+    for b in benchmarks:
+        name = f"{b['name']}{':' + b['variant'] if b.get('variant') else ''}"
+        unreadable = set(b.get("unreadable_files") or [])
+        for file, n in (b.get("lost_by_file") or {}).items():
+            how = f"{n}+ (cannot be read; skipped with --skip-bad)" if file in unreadable else str(n)
+            lines.append(f"- `{name}`: `{file}`: {how} samples lost")
+        if b.get("samples_lost") and b.get("first_problem"):
+            lines.append(f"  - first problem: `{b['first_problem']}`")
+        lines += [f"- `{name}`: warning: {w}" for w in b.get("warnings") or []]
+    if not lines:
+        return []
+    return ["## Samples lost while loading", "", *lines, ""]
+
+
+def reproduce_command(command: str, manifest: Mapping[str, Any]) -> str:
+    """``command`` with each benchmark's ``@PATH`` replaced by the absolute path the manifest records
+    (a relative path only works from the folder the run was started in)."""
+    import shlex
+
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return command
+    paths = {
+        (b.get("name"), b.get("variant")): b["path"] for b in manifest.get("benchmarks", []) if b.get("path")
+    }
+    by_name: dict[Any, list[str]] = {}
+    for (name, _), path in paths.items():
+        by_name.setdefault(name, []).append(path)
+
+    def absolute(spec: str) -> str:
+        head, at, path = spec.partition("@")
+        if not at or not path or Path(path).expanduser().is_absolute():
+            return spec
+        name, _, variant = head.strip().partition(":")
+        found = paths.get((name, variant or None))
+        if found is None and len(by_name.get(name, [])) == 1:
+            found = by_name[name][0]
+        return f"{head}@{found}" if found else spec
+
+    out = []
+    flag = None
+    for arg in argv:
+        if flag in ("--benchmark", "--tasks", "-b"):
+            arg = ",".join(absolute(part) for part in arg.split(","))
+        elif arg.startswith(("--benchmark=", "--tasks=")):
+            key, _, value = arg.partition("=")
+            arg = f"{key}={','.join(absolute(part) for part in value.split(','))}"
+        out.append(arg)
+        flag = arg
+    return shlex.join(out)
+
+
 def _signed(x: Any) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f} pts"
-
-
-# --------------------------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _err(value: Any, ci: Sequence[Any]) -> list[list[float]]:
-    if value is None or not ci or ci[0] is None:
-        return [[0.0], [0.0]]
-    return [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
-
-
-def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> Path:
-    """Unsafe rate (y) against over-refusal, utility and wall time vs ``none`` (x), one point per defense."""
-    defs = summary["defenses"]
-    panels: list[tuple[str, Any]] = []
-    if any(d["over_refusal"]["n"] for d in defs.values()):
-        panels.append(
-            ("over-refusal rate (benign)", lambda d: (d["over_refusal"]["rate"], d["over_refusal"]["ci"]))
-        )
-    if any(d["utility"]["n"] for d in defs.values()):
-        panels.append(("utility score", lambda d: (d["utility"]["rate"], d["utility"]["ci"])))
-    panels.append(("wall time relative to none", lambda d: (d["cost"]["wall_time_vs_none"], None)))
-    fig = _figure(4.2 * len(panels), 3.8)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    colors = _colors(len(defs))
-    for ax, (xlabel, getter) in zip(axes, panels, strict=True):
-        for k, ((name, d), color) in enumerate(zip(defs.items(), colors, strict=True)):
-            x, xci = getter(d)
-            y = d["unsafe_rate"]
-            if x is None or y is None:
-                continue
-            ax.errorbar(
-                [x],
-                [y],
-                xerr=_err(x, xci) if xci else None,
-                yerr=_err(y, d["ci"]),
-                fmt="o",
-                color=color,
-                capsize=3,
-                label=name,
-            )
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 - 9 * k), fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"unsafe rate ({summary.get('judge')})")
-        ax.set_ylim(-0.05, 1.05)
-        if "rate" in xlabel or "score" in xlabel:
-            ax.set_xlim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Safety trade-offs (95% bootstrap intervals)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def plot_per_category(summary: Mapping[str, Any], path: Path) -> Path:
-    """Grouped horizontal bars: unsafe rate per harmful category, one bar per defense."""
-    defs = summary["defenses"]
-    cats = sorted({c for d in defs.values() for c in d["per_category"]})
-    fig = _figure(7.5, max(2.5, 0.45 * max(1, len(cats)) * max(1, len(defs)) ** 0.5 + 1.2))
-    ax = fig.subplots()
-    if not cats:
-        ax.text(0.5, 0.5, "no harmful samples scored", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        height = 0.8 / max(1, len(defs))
-        for k, ((name, d), color) in enumerate(zip(defs.items(), _colors(len(defs)), strict=True)):
-            ys = [i + k * height for i in range(len(cats))]
-            vals = [(d["per_category"].get(c) or {}).get("unsafe_rate") or 0.0 for c in cats]
-            ax.barh(ys, vals, height=height, color=color, label=name)
-        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(cats))], cats, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(f"unsafe rate ({summary.get('judge')})")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Unsafe rate per category", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
 
 
 def write_report(
@@ -443,6 +416,7 @@ __all__ = [
     "plot_per_category",
     "plot_tradeoff",
     "render_markdown",
+    "reproduce_command",
     "summarize_run",
     "summary_rows",
     "write_report",

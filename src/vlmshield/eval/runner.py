@@ -396,8 +396,8 @@ def run_eval(
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     plan = build_plan(config)
     for b in plan.benchmarks:
-        if b.problems:
-            say(f"note: {b.request.label}: skipped {len(b.problems)} bad rows (first: {b.problems[0]})")
+        for note in b.notes():  # warnings and samples lost per file
+            say(note)
     out_dir = Path(config.output_dir) if config.output_dir is not None else default_output_dir(config)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserInputError(f"--output-dir {out_dir} is a file; pass a folder")
