@@ -189,3 +189,10 @@ def test_mossbench_contrast_entries_under_another_name_warn(tmp_path: Path, writ
     data = get_benchmark("mossbench").load(f)
     assert data[0].label == "benign"
     assert len(data.warnings) == 1 and "contrast" in data.warnings[0]
+
+
+def test_a_lower_case_article_after_answer_is_not_a_letter() -> None:
+    s = _mc(("a frog", "a toad"), "A")  # "the answer is a ..." once raised ValueError (letter 'a')
+    assert parse_choice("the answer is a frog", s.choices) is None
+    assert get_benchmark("scienceqa").score(s, "The answer is a toad.") == 0.0
+    assert get_benchmark("scienceqa").score(s, "A frog.") == 1.0
