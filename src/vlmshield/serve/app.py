@@ -1,443 +1,527 @@
-"""Serve any :class:`~vlmshield.backends.ChatBackend` as an OpenAI-compatible HTTP endpoint.
+"""The FastAPI app: OpenAI-compatible routes over a backend, defended per model id.
 
-``POST /v1/chat/completions`` (non-streaming, ``n=1``) and ``GET /v1/models``, plus ``GET /health``.
-Images must be inline ``data:image/...;base64,`` URLs; they are decoded with the limits of
-:mod:`vlmshield.images` (at most :data:`~vlmshield.images.MAX_IMAGE_BYTES` bytes and
-:data:`~vlmshield.images.MAX_IMAGE_PIXELS` pixels, decompression bombs refused). The server never
-fetches remote URLs or reads local files.
+Routes: ``POST /v1/chat/completions`` (streaming or not, ``n=1``), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus text).
 
-Concurrent requests are batched: a single worker thread takes up to ``max_batch_size`` queued requests
-(waiting at most ``batch_wait_s`` for more to arrive), groups them by generation settings and calls
-``backend.generate`` once per group. The worker also serialises access to the backend, so a local
-model is never called from two threads at once. If a batch fails, its rows are retried one by one so a
-single bad request cannot fail its neighbours.
-
-Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad requests
-(including validation errors and rejected images), 404 for an unknown model, 500 when the backend fails.
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 bad request
+(validation, rejected images, limits), 401 missing/invalid key, 404 unknown model or route, 413 body
+too large, 429 queue full (with ``Retry-After``), 499 client left (logged only), 500 the model failed
+(details only in the server log), 503 shutting down, 504 the request's time budget ran out.
 
 Example:
     >>> import vlmshield
-    >>> from vlmshield.serve import serve
-    >>> serve(vlmshield.load_vlm("path/to/llava"), port=8000)  # doctest: +SKIP
-    # then: OpenAIChatBackend("http://127.0.0.1:8000/v1", model="path/to/llava")
+    >>> from vlmshield.serve import create_app
+    >>> vlm = vlmshield.load_vlm("path/to/llava")  # doctest: +SKIP
+    >>> app = create_app(vlm, "llava", defenses=["coca:alpha=1", "ecso"], allow_undefended=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import queue
-import re
-import threading
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope
 
 from vlmshield.backends.base import ChatBackend
-from vlmshield.conversation import Conversation, Message
-from vlmshield.errors import ImageError, UserInputError
-from vlmshield.generation import GenerationConfig, GenerationOutput
-from vlmshield.images import MAX_IMAGE_BYTES, load_image_bytes
+from vlmshield.errors import UserInputError
+from vlmshield.models import VLM
+from vlmshield.serve.auth import APIKeyMiddleware
+from vlmshield.serve.batching import (
+    Batcher,
+    Delta,
+    Done,
+    Failed,
+    Job,
+    JobCancelled,
+    QueueFull,
+    RowResult,
+    ShuttingDown,
+)
+from vlmshield.serve.deployments import Deployment, PromptCounter, build_deployments, public_details, run_jobs
+from vlmshield.serve.errors import APIError
+from vlmshield.serve.metrics import CONTENT_TYPE, ServeMetrics
+from vlmshield.serve.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from vlmshield.serve.schemas import (
+    ChatCompletionRequest,
+    VlmshieldOptions,
+    chunk_body,
+    completion_body,
+    count_images,
+    model_body,
+    models_body,
+    request_to_config,
+    request_to_conversation,
+    usage_body,
+)
+from vlmshield.serve.settings import DeploymentSpec, ServeSettings, parse_deployment, validated
+from vlmshield.serve.streaming import (
+    SSE_COMMENT,
+    Disconnected,
+    KeepAlive,
+    ObservedVLM,
+    SSEResponse,
+    TextStream,
+    TimedOut,
+    job_events,
+    sse,
+    wait_disconnect,
+)
 
-try:
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-except ImportError as _e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("vlmshield.serve needs FastAPI and uvicorn: pip install 'vlmshield[serve]'") from _e
-
-_DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,(.*)$", re.DOTALL)
-_MAX_B64_CHARS = (MAX_IMAGE_BYTES // 3 + 1) * 4
-
-
-# -- images ----------------------------------------------------------------------------------------------
-def decode_image_bytes(raw: bytes, what: str = "image") -> Image.Image:
-    """Decode image bytes to RGB with the limits of :func:`vlmshield.images.load_image`."""
-    return load_image_bytes(raw, what)
-
-
-def decode_data_url(url: str, what: str = "image") -> Image.Image:
-    """Decode a ``data:image/...;base64,...`` URL; anything else is refused (no fetching)."""
-    m = _DATA_URL.match(url.strip())
-    if not m:
-        shown = url[:40] + ("..." if len(url) > 40 else "")
-        raise ImageError(
-            f"{what} URL {shown!r} is not a base64 data URL; send images inline as "
-            "data:image/png;base64,... (this server does not fetch URLs or read files)"
-        )
-    b64 = "".join(m.group(1).split())
-    if len(b64) > _MAX_B64_CHARS:
-        raise ImageError(f"{what} is over the {MAX_IMAGE_BYTES / 1e6:.0f} MB limit; downscale it")
-    try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError(f"{what} data URL is not valid base64") from None
-    return decode_image_bytes(raw, what)
-
-
-# -- request schema ----------------------------------------------------------------------------------
-class _ImageURL(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    url: str
-    detail: str | None = None
-
-
-class _ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text", "image_url"]
-    text: str | None = None
-    image_url: _ImageURL | str | None = None
+log = logging.getLogger("vlmshield.serve")
+CHAT_PATH = "/v1/chat/completions"
 
 
-class _ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_ContentPart] | None = None
-
-
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat-completions request this server honours; unknown fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[_ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    min_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
-
-
-def request_to_conversation(req: ChatCompletionRequest) -> Conversation:
-    """Build a :class:`Conversation` (images decoded with the safety limits)."""
-    if not req.messages:
-        raise UserInputError("'messages' is empty; send at least one user message")
-    msgs: list[Message] = []
-    for i, m in enumerate(req.messages):
-        role = "system" if m.role == "developer" else m.role
-        texts: list[str] = []
-        images: list[Image.Image] = []
-        if isinstance(m.content, str):
-            texts.append(m.content)
-        elif m.content is not None:
-            for part in m.content:
-                if part.type == "text":
-                    texts.append(part.text or "")
-                else:
-                    if role != "user":
-                        raise UserInputError(
-                            f"messages[{i}]: only user messages may carry images (got {m.role})"
-                        )
-                    if part.image_url is None:
-                        raise UserInputError(f"messages[{i}]: an image_url part has no 'image_url'")
-                    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-                    images.append(decode_data_url(url, what=f"messages[{i}] image {len(images) + 1}"))
-        msgs.append(Message(role, "\n".join(texts), tuple(images)))
-    if not any(m.role == "user" for m in msgs):
-        raise UserInputError("'messages' has no user message")
-    return Conversation(tuple(msgs))
-
-
-def request_to_config(req: ChatCompletionRequest, default_max_tokens: int) -> GenerationConfig:
-    """Map OpenAI sampling fields to a :class:`GenerationConfig` (temperature 0 or absent = greedy)."""
-    max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    fields: dict[str, Any] = {"max_new_tokens": default_max_tokens if max_new is None else max_new}
-    if req.temperature is not None and req.temperature < 0:
-        raise UserInputError(f"temperature must be >= 0, got {req.temperature}")
-    if req.temperature:
-        fields["do_sample"] = True
-        fields["temperature"] = req.temperature
-        if req.top_p is not None:
-            fields["top_p"] = req.top_p
-        if req.top_k:
-            fields["top_k"] = req.top_k
-    if req.seed is not None:
-        fields["seed"] = req.seed
-    if req.min_tokens:
-        fields["min_new_tokens"] = req.min_tokens
-    try:
-        return GenerationConfig(**fields)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ())) or "settings"
-        raise UserInputError(f"invalid generation settings ({loc}): {first.get('msg')}") from None
-
-
-# -- batching worker ---------------------------------------------------------------------------------
-@dataclass
-class _Row:
-    text: str
-    finished: bool
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class _Job:
-    conv: Conversation
-    config: GenerationConfig
-    future: Future[_Row] = field(default_factory=Future)
-
-
-def _rows(out: GenerationOutput, n: int) -> list[_Row]:
-    if len(out.texts) != n:
-        raise RuntimeError(f"backend returned {len(out.texts)} rows for {n} conversations")
-
-    def at(xs: Sequence[Any], i: int, default: Any) -> Any:
-        return xs[i] if i < len(xs) else default
-
-    return [
-        _Row(
-            text=out.texts[i],
-            finished=bool(at(out.finished, i, True)),
-            prompt_tokens=int(at(out.num_prompt_tokens, i, 0)),
-            completion_tokens=int(at(out.num_new_tokens, i, 0)),
-        )
-        for i in range(n)
-    ]
-
-
-class _Batcher:
-    """One worker thread that batches queued requests into ``backend.generate`` calls."""
-
-    def __init__(self, backend: ChatBackend, max_batch_size: int, batch_wait_s: float) -> None:
-        self.backend = backend
-        self.max_batch_size = max_batch_size
-        self.batch_wait_s = batch_wait_s
-        self.batch_sizes: list[int] = []  # observability (and tests)
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, conv: Conversation, config: GenerationConfig) -> Future[_Row]:
-        self._ensure_started()
-        job = _Job(conv, config)
-        self._queue.put(job)
-        return job.future
-
-    def _ensure_started(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="vlmshield-serve-batcher", daemon=True
-                )
-                self._thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            groups: dict[GenerationConfig, list[_Job]] = {}
-            for job in batch:
-                groups.setdefault(job.config, []).append(job)
-            for config, jobs in groups.items():
-                self._run(jobs, config)
-            if stop:
-                return
-
-    def _run(self, jobs: list[_Job], config: GenerationConfig) -> None:
-        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        if not live:
-            return
-        try:
-            self.batch_sizes.append(len(live))
-            rows = _rows(self.backend.generate([j.conv for j in live], config), len(live))
-        except Exception as e:
-            if len(live) == 1:
-                live[0].future.set_exception(e)
-                return
-            for j in live:  # isolate the failing row(s)
-                self._run_one(j, config)
-            return
-        for j, r in zip(live, rows, strict=True):
-            j.future.set_result(r)
-
-    def _run_one(self, job: _Job, config: GenerationConfig) -> None:
-        try:
-            self.batch_sizes.append(1)
-            job.future.set_result(_rows(self.backend.generate([job.conv], config), 1)[0])
-        except Exception as e:
-            job.future.set_exception(e)
-
-
-# -- app ---------------------------------------------------------------------------------------------
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"error": {"message": message, "type": kind, "param": None, "code": status}},
+def _to_api_error(error: BaseException, request_id: str) -> APIError:
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, UserInputError):
+        return APIError(400, str(error), "invalid_request")
+    if isinstance(error, JobCancelled):
+        return APIError(499, "the request was cancelled", "cancelled")
+    log.error("request %s failed: %s: %s", request_id, type(error).__name__, error, exc_info=error)
+    return APIError(
+        500,
+        f"the model failed on this request ({type(error).__name__}); request id {request_id}",
+        "model_error",
     )
+
+
+class _Server:
+    """What the routes share: settings, deployments, batcher, metrics."""
+
+    def __init__(
+        self,
+        backend: ChatBackend,
+        deployments: list[Deployment],
+        settings: ServeSettings,
+    ) -> None:
+        self.settings = settings
+        self.deployments = {d.model_id: d for d in deployments}
+        self.metrics = ServeMetrics()
+        self.created = int(time.time())
+        self.draining = False
+        self.vlm = backend if isinstance(backend, VLM) else None
+        self.counter = PromptCounter(self.vlm) if self.vlm is not None else None
+        self.observed = ObservedVLM(self.vlm) if self.vlm is not None else None
+        self.backend = backend
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_s=settings.batch_wait_s,
+            max_queue=settings.max_queue,
+            on_batch=self.metrics.observe_batch,
+            on_queue=self.metrics.set_queue,
+            on_abort=lambda model: self.metrics.aborted_batches.labels(model=model).inc(),
+        )
+
+    # worker thread
+    def _run_batch(self, jobs: list[Job]) -> list[RowResult]:
+        if self.observed is not None:
+            self.observed.begin(jobs)
+            try:
+                rows = run_jobs(self.observed, jobs)
+            finally:
+                self.observed.end()
+        else:
+            rows = run_jobs(self.backend, jobs)
+        for job, row in zip(jobs, rows, strict=True):
+            if not job.stream:
+                continue
+            if job.text_stream is None:
+                job.emit(row.text)
+                continue
+            delta, ok = job.text_stream.finish(row.text)
+            if not ok:
+                self.metrics.stream_mismatches.labels(model=job.model).inc()
+                log.warning("stream of %s diverged from its final answer", job.model)
+            job.emit(delta)
+        return rows
+
+    def resolve(self, model: str | None) -> Deployment:
+        ids = list(self.deployments)
+        if model is None:
+            if len(ids) == 1:
+                return self.deployments[ids[0]]
+            raise APIError(400, f"'model' is required; this server serves {', '.join(ids)}", "model_required")
+        dep = self.deployments.get(model)
+        if dep is None:
+            raise APIError(
+                404,
+                f"model {model!r} is not served here; this server serves {', '.join(ids)}",
+                "model_not_found",
+                param="model",
+            )
+        return dep
+
+    def on_complete(self, scope: Scope, status: int, seconds: float) -> None:
+        if scope.get("path") != CHAT_PATH:
+            return
+        state = scope.get("state", {})
+        model = state.get("model") or "-"
+        self.metrics.requests.labels(model=model, status=str(status)).inc()
+        code = state.get("error_code")
+        if code is not None or status >= 400:
+            self.metrics.errors.labels(model=model, code=code or str(status)).inc()
+        self.metrics.latency.labels(model=model, stream=str(bool(state.get("stream"))).lower()).observe(
+            seconds
+        )
 
 
 def create_app(
     backend: ChatBackend,
     model_name: str,
+    settings: ServeSettings | None = None,
     *,
-    max_batch_size: int = 8,
-    batch_wait_s: float = 0.005,
-    default_max_tokens: int = 256,
+    defenses: Sequence[DeploymentSpec | str] = (),
+    allow_undefended: bool | None = None,
+    **overrides: Any,
 ) -> FastAPI:
-    """An OpenAI-compatible FastAPI app answering with ``backend``.
+    """An OpenAI-compatible FastAPI app answering with ``backend``, one model id per deployment.
 
     Args:
-        backend: anything satisfying :class:`ChatBackend` (e.g. ``vlmshield.load_vlm(path)``).
-        model_name: the id reported by ``GET /v1/models``; requests naming another model get 404.
-        max_batch_size: most requests answered by one ``backend.generate`` call (1 disables batching).
-        batch_wait_s: how long the worker waits for more requests before running a batch.
-        default_max_tokens: ``max_tokens`` when a request sets none.
+        backend: a :class:`~vlmshield.models.VLM` (every feature) or any :class:`ChatBackend` (no
+            defenses that need a local model, no token-by-token streaming, no prompt-token limit).
+        model_name: the undefended model's id; defended ids are ``<model_name>:<name>``.
+        settings: limits and switches; ``overrides`` change single fields (``max_batch_size=16``).
+        defenses: ``[NAME=]SPEC`` strings or :class:`DeploymentSpec` objects.
+        allow_undefended: serve ``model_name`` itself; default: only when no defense is given.
+
+    Example:
+        >>> app = create_app(vlm, "M", defenses=["coca", "strict=coca:alpha=4"])  # doctest: +SKIP
     """
-    if max_batch_size < 1:
-        raise UserInputError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    if batch_wait_s < 0:
-        raise UserInputError(f"batch_wait_s must be >= 0, got {batch_wait_s}")
-    batcher = _Batcher(backend, max_batch_size, batch_wait_s)
-    created = int(time.time())
+    if settings is None:
+        settings = validated(ServeSettings, "server settings", **overrides)
+    elif overrides:
+        settings = validated(ServeSettings, "server settings", **{**settings.model_dump(), **overrides})
+    specs = [parse_deployment(d) if isinstance(d, str) else d for d in defenses]
+    undefended = allow_undefended if allow_undefended is not None else not specs
+    server = _Server(backend, build_deployments(model_name, specs, allow_undefended=undefended), settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await run_in_threadpool(batcher.stop)
+            server.draining = True
+            drained = await run_in_threadpool(server.batcher.stop, settings.graceful_timeout_s)
+            if not drained:
+                log.error("the batch worker did not finish within %.0f s", settings.graceful_timeout_s)
 
-    app = FastAPI(title="vlmshield OpenAI-compatible server", lifespan=lifespan)
+    app = FastAPI(
+        title="vlmshield OpenAI-compatible server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.server = server
     app.state.backend = backend
     app.state.model_name = model_name
-    app.state.batcher = batcher
+    app.state.batcher = server.batcher
+    app.state.settings = settings
+    app.state.metrics = server.metrics
+    # outermost first: access log -> keys -> body limit -> routes
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.key_bytes())
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log, on_complete=server.on_complete)
+    _handlers(app)
+    _routes(app, server)
+    return app
 
+
+def _handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
-        if errs:
+        if errs and errs[0].get("type") == "json_invalid":
+            msg = "invalid request: the body is not valid JSON"
+        elif errs:
             loc = ".".join(str(x) for x in errs[0].get("loc", ()) if x != "body")
             msg = f"invalid request: {loc or 'body'}: {errs[0].get('msg')}"
         else:
             msg = "invalid request"
-        return _error(400, msg, "invalid_request_error")
+        request.state.error_code = "invalid_request"
+        return APIError(400, msg, "invalid_request").response()
 
     @app.exception_handler(UserInputError)
     async def _user_error(request: Request, exc: UserInputError) -> JSONResponse:
-        return _error(400, str(exc), "invalid_request_error")
+        request.state.error_code = "invalid_request"
+        return APIError(400, str(exc), "invalid_request").response()
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        request.state.error_code = exc.code
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        request.state.error_code = code
+        message = (
+            f"no route {request.method} {request.url.path}"
+            if exc.status_code in (404, 405)
+            else str(exc.detail)
+        )
+        return APIError(exc.status_code, message, code).response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", "-")
+        log.error("request %s: unhandled %s", rid, type(exc).__name__, exc_info=exc)
+        return APIError(500, f"internal server error; request id {rid}", "internal_error").response()
+
+
+def _routes(app: FastAPI, server: _Server) -> None:
+    settings = server.settings
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if server.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "vlmshield"}],
-        }
+        return models_body(list(server.deployments), server.created)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest) -> JSONResponse:
-        if req.model and req.model != model_name:
-            return _error(
-                404, f"model {req.model!r} is not served here; this server serves {model_name!r}", "not_found"
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        return model_body(server.resolve(model_id).model_id, server.created)
+
+    @app.post(CHAT_PATH)
+    async def chat_completions(request: Request, req: ChatCompletionRequest) -> Any:
+        t_start = time.monotonic()
+        state = request.state
+        state.stream = req.stream
+        if server.draining or not server.batcher.accepting:
+            raise APIError(
+                503,
+                "the server is shutting down; retry shortly",
+                "shutting_down",
+                headers={"retry-after": "5"},
             )
-        if req.stream:
-            return _error(400, "stream=true is not supported; send stream=false", "invalid_request_error")
-        if req.n != 1:
-            return _error(400, f"n={req.n} is not supported; send n=1", "invalid_request_error")
-        config = request_to_config(req, default_max_tokens)
+        dep = server.resolve(req.model)
+        state.model = dep.model_id
+        opts = req.vlmshield or VlmshieldOptions()
+        _check_request(req, opts, settings)
+        config = request_to_config(req, settings.default_max_tokens, settings.max_new_tokens)
+        variant_key, defense = await run_in_threadpool(dep.variant, opts.defense_params)
         conv = await run_in_threadpool(request_to_conversation, req)
+        prompt_tokens = None
+        if server.counter is not None:
+            prompt_tokens = await run_in_threadpool(server.counter.count, conv)
+            if prompt_tokens > settings.max_prompt_tokens:
+                raise APIError(
+                    400,
+                    f"the prompt has {prompt_tokens} tokens (images included), over this server's limit of "
+                    f"{settings.max_prompt_tokens}; shorten it or send fewer images",
+                    "prompt_too_long",
+                    param="messages",
+                )
+        text_stream = None
+        if req.stream and dep.incremental and server.vlm is not None:
+            tok = server.vlm.tokenizer
+            text_stream = TextStream(
+                lambda ids: str(tok.decode(ids, skip_special_tokens=True)), server.vlm.eos_token_ids
+            )
+        job = Job(
+            conv=conv,
+            config=config,
+            key=(dep.model_id, variant_key, config),
+            model=dep.model_id,
+            payload=defense,
+            prompt_tokens=prompt_tokens,
+            text_stream=text_stream,
+            stream=req.stream,
+            loop=asyncio.get_running_loop(),
+        )
         try:
-            row = await asyncio.wrap_future(batcher.submit(conv, config))
-        except UserInputError as e:
-            return _error(400, str(e), "invalid_request_error")
-        except Exception as e:
-            return _error(500, f"the model failed: {type(e).__name__}: {e}", "server_error")
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": row.text},
-                        "finish_reason": "stop" if row.finished else "length",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": row.prompt_tokens,
-                    "completion_tokens": row.completion_tokens,
-                    "total_tokens": row.prompt_tokens + row.completion_tokens,
-                },
-            }
+            server.batcher.submit(job)
+        except QueueFull as e:
+            raise APIError(
+                429,
+                f"the server is busy ({settings.max_queue} requests waiting); retry after {e.retry_after_s} s",
+                "rate_limit_exceeded",
+                headers={"retry-after": str(e.retry_after_s)},
+            ) from None
+        except ShuttingDown:
+            raise APIError(503, "the server is shutting down; retry shortly", "shutting_down") from None
+        deadline = t_start + settings.request_timeout_s
+        extension = (
+            (lambda row: {"defense": dep.defense_name, "details": public_details(row.details)})
+            if opts.details
+            else None
+        )
+        if req.stream:
+            return _stream(server, request, job, deadline, req.include_usage, extension)
+        return await _answer(server, request, job, deadline, extension)
+
+
+def _check_request(req: ChatCompletionRequest, opts: VlmshieldOptions, settings: ServeSettings) -> None:
+    if req.n != 1:
+        raise APIError(400, f"n={req.n} is not supported; send n=1", "unsupported", param="n")
+    if req.stop:
+        raise APIError(
+            400, "stop sequences are not supported; leave 'stop' unset", "unsupported", param="stop"
+        )
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options needs stream=true", "invalid_request", param="stream_options")
+    if len(req.messages) > settings.max_messages:
+        raise APIError(
+            400,
+            f"{len(req.messages)} messages, over this server's limit of {settings.max_messages}",
+            "too_many_messages",
+        )
+    n_images = count_images(req)
+    if n_images > settings.max_images:
+        raise APIError(
+            400,
+            f"the request has {n_images} images, over this server's limit of {settings.max_images}; send fewer",
+            "too_many_images",
+            param="messages",
+        )
+    if opts.details and not settings.expose_details:
+        raise APIError(
+            400,
+            "this server does not return defense details (the operator can enable them with --expose-details)",
+            "details_not_exposed",
         )
 
-    return app
+
+def _record(server: _Server, request: Request, job: Job, row: RowResult) -> None:
+    m = server.metrics
+    request.state.prompt_tokens = row.prompt_tokens
+    request.state.completion_tokens = row.completion_tokens
+    m.prompt_tokens.labels(model=job.model).inc(row.prompt_tokens)
+    m.completion_tokens.labels(model=job.model).inc(row.completion_tokens)
+    if job.started_at is not None:
+        wait = job.started_at - job.enqueued_at
+        request.state.queue_s = round(wait, 4)
+        m.queue_wait.labels(model=job.model).observe(wait)
+    if row.details.get("flagged") is True:
+        m.flagged.labels(model=job.model).inc()
 
 
-def serve(
-    backend: ChatBackend,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    model_name: str | None = None,
-    max_batch_size: int = 8,
-    batch_wait_s: float = 0.005,
-    default_max_tokens: int = 256,
-    log_level: str = "info",
-) -> None:
-    """Serve ``backend`` with uvicorn until interrupted (model id defaults to ``backend.name``).
+def _left(server: _Server, request: Request, job: Job) -> None:
+    if getattr(request.state, "error_code", None) == "client_disconnected":
+        return
+    request.state.error_code = "client_disconnected"
+    server.metrics.disconnects.labels(model=job.model).inc()
+    server.batcher.cancel(job)
 
-    Binds to 127.0.0.1 by default; there is no authentication, so bind to other interfaces only
-    behind a proxy that adds it.
-    """
-    import uvicorn
 
-    app = create_app(
-        backend,
-        model_name or backend.name,
-        max_batch_size=max_batch_size,
-        batch_wait_s=batch_wait_s,
-        default_max_tokens=default_max_tokens,
+def _timeout_error(server: _Server) -> APIError:
+    return APIError(
+        504,
+        f"the request took longer than {server.settings.request_timeout_s:g} s (queue wait + generation); "
+        "retry later or ask for fewer tokens",
+        "timeout",
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-__all__ = [
-    "ChatCompletionRequest",
-    "create_app",
-    "decode_data_url",
-    "decode_image_bytes",
-    "request_to_config",
-    "request_to_conversation",
-    "serve",
-]
+async def _answer(server: _Server, request: Request, job: Job, deadline: float, extension: Any) -> Response:
+    rid = request.state.request_id
+    disconnected = asyncio.ensure_future(wait_disconnect(request.receive))
+    try:
+        async for event in job_events(job, disconnected, deadline):
+            if isinstance(event, Failed):
+                raise _to_api_error(event.error, rid)
+            if isinstance(event, Done):
+                row = event.row
+                _record(server, request, job, row)
+                body = completion_body(
+                    completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+                    created=int(time.time()),
+                    model=job.model,
+                    text=row.text,
+                    finish_reason=row.finish_reason,
+                    prompt_tokens=row.prompt_tokens,
+                    completion_tokens=row.completion_tokens,
+                    extension=extension(row) if extension else None,
+                )
+                return JSONResponse(body)
+    except Disconnected:
+        _left(server, request, job)
+        return APIError(499, "the client disconnected", "client_disconnected").response()
+    except TimedOut:
+        server.batcher.cancel(job)
+        raise _timeout_error(server) from None
+    finally:
+        disconnected.cancel()
+    raise RuntimeError("the job ended without an answer")  # pragma: no cover
+
+
+def _stream(
+    server: _Server, request: Request, job: Job, deadline: float, include_usage: bool, extension: Any
+) -> SSEResponse:
+    rid = request.state.request_id
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    t0 = time.monotonic()
+
+    def chunk(delta: dict[str, Any] | None, **kw: Any) -> bytes:
+        return sse(
+            chunk_body(
+                completion_id=cid,
+                created=created,
+                model=job.model,
+                delta=delta,
+                include_usage=include_usage,
+                **kw,
+            )
+        )
+
+    async def produce(receive: Receive) -> AsyncIterator[bytes]:
+        disconnected = asyncio.ensure_future(wait_disconnect(receive))
+        first = True
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for event in job_events(job, disconnected, deadline, server.settings.stream_keepalive_s):
+                if isinstance(event, KeepAlive):
+                    yield SSE_COMMENT
+                elif isinstance(event, Delta):
+                    if first:
+                        server.metrics.ttft.labels(model=job.model).observe(time.monotonic() - t0)
+                        first = False
+                    yield chunk({"content": event.text})
+                elif isinstance(event, Done):
+                    row = event.row
+                    _record(server, request, job, row)
+                    ext = extension(row) if extension else None
+                    yield chunk({}, finish_reason=row.finish_reason, extension=ext)
+                    if include_usage:
+                        yield chunk(None, usage=usage_body(row.prompt_tokens, row.completion_tokens))
+                    yield sse("[DONE]")
+                elif isinstance(event, Failed):
+                    err = _to_api_error(event.error, rid)
+                    request.state.error_code = err.code
+                    yield sse(err.body())
+        except Disconnected:
+            _left(server, request, job)
+        except TimedOut:
+            server.batcher.cancel(job)
+            err = _timeout_error(server)
+            request.state.error_code = err.code
+            yield sse(err.body())
+        finally:
+            disconnected.cancel()
+            if not job.finished:
+                server.batcher.cancel(job)
+
+    return SSEResponse(produce, on_disconnect=lambda: _left(server, request, job))
