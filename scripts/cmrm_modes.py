@@ -27,14 +27,16 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from vlmshield import GenerationConfig, load_vlm  # noqa: E402
-from vlmshield.benchmarks import get_benchmark  # noqa: E402
-from vlmshield.benchmarks.synthetic_images import render_scene  # noqa: E402
-from vlmshield.conversation import Conversation  # noqa: E402
-from vlmshield.defenses import build_defense  # noqa: E402
-from vlmshield.defenses.cmrm import calibrate_cmrm  # noqa: E402
-from vlmshield.defenses.cmrm_gap import remaining_gap  # noqa: E402
-from vlmshield.judges.keyword import refusal_match  # noqa: E402
+import itertools
+
+from vlmshield import GenerationConfig, load_vlm
+from vlmshield.benchmarks import get_benchmark
+from vlmshield.benchmarks.synthetic_images import render_scene
+from vlmshield.conversation import Conversation
+from vlmshield.defenses import build_defense
+from vlmshield.defenses.cmrm import calibrate_cmrm
+from vlmshield.defenses.cmrm_gap import remaining_gap
+from vlmshield.judges.keyword import refusal_match
 
 ANCHOR_QUESTIONS = [
     "What is in this picture?",
@@ -61,7 +63,7 @@ def fluency(texts: list[str]) -> tuple[float, float]:
             counts[g] = counts.get(g, 0) + 1
         if len(words) < 3 or (counts and max(counts.values()) >= 3):
             degenerate += 1
-        bigrams = list(zip(words, words[1:], strict=False))
+        bigrams = list(itertools.pairwise(words))
         ratios.append(len(set(bigrams)) / len(bigrams) if bigrams else 0.0)
     return degenerate / max(len(texts), 1), sum(ratios) / max(len(ratios), 1)
 
@@ -94,7 +96,9 @@ def main() -> None:
     benign = [i for i, s in enumerate(samples) if s.label == "benign"]
     gap_convs = [convs[i] for i in harmful[: args.gap_inputs]]
     anchors = [
-        Conversation.single(ANCHOR_QUESTIONS[i % len(ANCHOR_QUESTIONS)], images=[render_scene(ANCHOR_SEED0 + i)[0]])
+        Conversation.single(
+            ANCHOR_QUESTIONS[i % len(ANCHOR_QUESTIONS)], images=[render_scene(ANCHOR_SEED0 + i)[0]]
+        )
         for i in range(ANCHORS)
     ]
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
@@ -139,12 +143,17 @@ def main() -> None:
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[name] = row
-        print(f"{name}: refusal {row['refusal']:.0%} over {row['over_refusal']:.0%} ({row['seconds']}s)", file=sys.stderr)
+        print(
+            f"{name}: refusal {row['refusal']:.0%} over {row['over_refusal']:.0%} ({row['seconds']}s)",
+            file=sys.stderr,
+        )
 
     rows = [done[name] for name, _ in configs if name in done]
     n = vlm.num_layers
     marks = sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1})
-    head = "| config | refusal | over-refusal | degenerate | distinct-2 | " + " | ".join(f"gap L{m}" for m in marks)
+    head = "| config | refusal | over-refusal | degenerate | distinct-2 | " + " | ".join(
+        f"gap L{m}" for m in marks
+    )
     lines = [head + " | gap mean |", "|" + "---|" * (6 + len(marks))]
     for r in rows:
         g = r["gap"]
