@@ -458,6 +458,7 @@ def test_paper_preset_runs_every_step_in_the_vicuna_system_turn(test_image):
     # the official code's system prompt (llava/conversation.py, conv_vicuna_v1), as SHA-256
     assert hashlib.sha256(VICUNA_SYSTEM.encode()).hexdigest() == VICUNA_SHA256
     assert Ecso(preset="paper", system="S.").answer_conversation(conv).system_text == "S."
+    assert build_defense("ecso:preset=paper,system=").answer_conversation(conv).system_text == "Be brief."
 
 
 def test_per_step_token_budgets(spy_llava, mixed):

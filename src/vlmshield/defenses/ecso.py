@@ -133,6 +133,11 @@ class EcsoConfig(DefenseConfig):
             return {**PRESETS[preset], **data}
         return data
 
+    @field_validator("system")
+    @classmethod
+    def _empty_system_is_none(cls, v: str | None) -> str | None:
+        return v if v else None
+
     @field_validator("check_template")
     @classmethod
     def _check_template(cls, v: str) -> str:
