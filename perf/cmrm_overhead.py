@@ -3,7 +3,7 @@
 Prints ``{"ratio_dataset": ..., "ratio_sample": ...}``. Targets on a CPU: dataset level at most
 1.05x, sample level at most 1.4x.
 
-    python benchmarks/cmrm_overhead.py
+    python perf/cmrm_overhead.py
 """
 
 from __future__ import annotations

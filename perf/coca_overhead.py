@@ -6,7 +6,7 @@ CoCA (batched, KV-cached two-branch decoding) is than the naive loop that recomp
 sequences at every step, for 128 new tokens at batch 1. Targets on a CPU: at most 1.3x vanilla, at
 least 4x faster than the naive loop.
 
-    python benchmarks/coca_overhead.py
+    python perf/coca_overhead.py
 """
 
 from __future__ import annotations

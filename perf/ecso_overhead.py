@@ -11,7 +11,7 @@ Target on a CPU: ``ratio_safe`` at most 1.3. A flagged input costs about three g
 Each round times vanilla, then every ECSO variant (order rotated between rounds); a ratio is the median
 over rounds of variant time / vanilla time in the same round.
 
-    python benchmarks/ecso_overhead.py
+    python perf/ecso_overhead.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Prints ``{"batch1_samples_per_s": ..., "batch8_samples_per_s": ..., "speedup": ...}``.
 Target: batch 8 reaches at least 3x the samples/s of batch 1 on a CPU.
 
-    python benchmarks/generate_throughput.py
+    python perf/generate_throughput.py
 """
 
 from __future__ import annotations
