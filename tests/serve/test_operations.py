@@ -33,6 +33,19 @@ def _metrics(url: str, key: str | None = KEY) -> dict[tuple[str, tuple[tuple[str
     return out
 
 
+def _settled(url: str, expected: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[Any, float]:
+    """The metrics once they show ``expected`` (request counters are updated just after the response)."""
+    seen: dict[Any, float] = {}
+
+    def ok() -> bool:
+        seen.clear()
+        seen.update(_metrics(url))
+        return all(seen.get(k, 0) == v for k, v in expected.items())
+
+    wait_until(ok, timeout_s=5, what=f"metrics {expected}")
+    return seen
+
+
 def _in_threads(fns: list[Callable[[], Any]]) -> list[threading.Thread]:
     threads = [threading.Thread(target=fn, daemon=True) for fn in fns]
     for t in threads:
@@ -102,12 +115,17 @@ def test_beyond_the_queue_is_429_with_retry_after_and_every_accepted_request_is_
         gate.release()
         for t in threads:
             t.join(timeout=30)
-        m = _metrics(server.url)
+        _settled(
+            server.url,
+            {
+                ("vlmshield_errors_total", (("code", "rate_limit_exceeded"), ("model", "gate"))): 1,
+                ("vlmshield_requests_total", (("model", "gate"), ("status", "200"))): 3,
+                ("vlmshield_requests_total", (("model", "gate"), ("status", "429"))): 1,
+            },
+        )
     assert {k: r.json()["choices"][0]["message"]["content"] for k, r in results.items()} == {
         t: f"echo: {t}" for t in "abc"
     }
-    assert m[("vlmshield_errors_total", (("code", "rate_limit_exceeded"), ("model", "gate")))] == 1
-    assert m[("vlmshield_requests_total", (("model", "gate"), ("status", "200")))] == 3
 
 
 def test_a_queued_client_that_disconnects_frees_its_queue_slot() -> None:
@@ -211,18 +229,19 @@ def test_metrics_report_requests_batches_tokens_and_latency(
         pass
     with pytest.raises(openai.NotFoundError):
         c.chat.completions.create(model="nope", messages=[user_message("x")])  # type: ignore[list-item]
-    m = _metrics(served.url)
 
-    def grew(name: str, labels: dict[str, str], by: float) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        assert m.get(key, 0) - before.get(key, 0) == by, key
+    def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return (name, tuple(sorted(labels.items())))
 
-    grew("vlmshield_requests_total", {"model": "tiny:cmrm", "status": "200"}, 2)
-    grew("vlmshield_completion_tokens_total", {"model": "tiny:cmrm"}, 8)
-    grew("vlmshield_batch_size_count", {"model": "tiny:cmrm"}, 2)
-    grew("vlmshield_request_duration_seconds_count", {"model": "tiny:cmrm", "stream": "true"}, 1)
-    grew("vlmshield_time_to_first_token_seconds_count", {"model": "tiny:cmrm"}, 1)
-    grew("vlmshield_errors_total", {"model": "-", "code": "model_not_found"}, 1)
+    grown = {
+        key("vlmshield_requests_total", model="tiny:cmrm", status="200"): 2,
+        key("vlmshield_completion_tokens_total", model="tiny:cmrm"): 8,
+        key("vlmshield_batch_size_count", model="tiny:cmrm"): 2,
+        key("vlmshield_request_duration_seconds_count", model="tiny:cmrm", stream="true"): 1,
+        key("vlmshield_time_to_first_token_seconds_count", model="tiny:cmrm"): 1,
+        key("vlmshield_errors_total", model="-", code="model_not_found"): 1,
+    }
+    m = _settled(served.url, {k: before.get(k, 0) + v for k, v in grown.items()})
     assert m[("vlmshield_queue_depth", ())] == 0 and m[("vlmshield_batch_in_flight", ())] == 0
     assert m[("vlmshield_prompt_tokens_total", (("model", "tiny:cmrm"),))] > 0
 

@@ -23,7 +23,7 @@ from vlmshield.serve.auth import check_bearer
 from vlmshield.serve.settings import check_bind, load_api_keys
 from vlmshield.testing.http import EchoBackend
 
-from .conftest import KEY, OTHER_KEY, client_for, user_message
+from .conftest import KEY, OTHER_KEY, client_for, user_message, wait_until
 
 
 def _auth(key: str | None) -> dict[str, str]:
@@ -104,14 +104,24 @@ def test_the_official_client_with_missing_wrong_and_right_keys(served: ServerThr
 
 
 def test_keys_are_never_logged(served: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    ids = []
     with caplog.at_level(logging.INFO, logger="vlmshield.serve.access"):
         for key in (KEY, "wrong-key-0123456789abcdef", None):
-            _chat(served.url, {"model": "tiny", "messages": [user_message("hi")], "max_tokens": 2}, key=key)
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "vlmshield.serve.access"]
-    assert [ln["status"] for ln in lines[-3:]] == [200, 401, 401]
-    assert lines[-3]["model"] == "tiny" and lines[-3]["completion_tokens"] >= 1
-    assert lines[-2]["error_code"] == "invalid_api_key"
-    assert all(ln["request_id"].startswith("req_") for ln in lines)
+            r = _chat(
+                served.url, {"model": "tiny", "messages": [user_message("hi")], "max_tokens": 2}, key=key
+            )
+            ids.append(r.headers["x-request-id"])
+
+        def lines() -> dict[str, dict[str, Any]]:
+            out = [json.loads(r.getMessage()) for r in caplog.records if r.name == "vlmshield.serve.access"]
+            return {ln["request_id"]: ln for ln in out}
+
+        wait_until(lambda: set(ids) <= set(lines()), what="the three access-log lines")
+    by_id = lines()
+    ok, wrong, missing = (by_id[i] for i in ids)
+    assert (ok["status"], wrong["status"], missing["status"]) == (200, 401, 401)
+    assert ok["model"] == "tiny" and ok["completion_tokens"] >= 1 and ok["path"] == "/v1/chat/completions"
+    assert (wrong["error_code"], missing["error_code"]) == ("invalid_api_key", "missing_api_key")
     assert not any("key-0123456789" in r.getMessage() for r in caplog.records)
 
 

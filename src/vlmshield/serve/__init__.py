@@ -5,7 +5,8 @@ answers ``/v1/chat/completions`` for ``M:coca`` and ``M:ecso`` (and ``M`` itself
 undefended model is allowed), so any OpenAI client picks a defense with ``model=``. See
 ``docs/serve.md`` for the routes, limits, keys, streaming and measured numbers.
 
-Modules: :mod:`~vlmshield.serve.app` (routes), :mod:`~vlmshield.serve.schemas` (OpenAI shapes),
+Modules: :mod:`~vlmshield.serve.app` (the app), :mod:`~vlmshield.serve.routes`,
+:mod:`~vlmshield.serve.state` (what the routes share), :mod:`~vlmshield.serve.schemas` (OpenAI shapes),
 :mod:`~vlmshield.serve.batching` (queue and batches), :mod:`~vlmshield.serve.streaming` (tokens out
 of a defense, SSE), :mod:`~vlmshield.serve.deployments` (model ids and defenses),
 :mod:`~vlmshield.serve.auth`, :mod:`~vlmshield.serve.metrics`, :mod:`~vlmshield.serve.middleware`,

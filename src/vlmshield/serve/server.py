@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import socket
 import sys
 import threading
@@ -47,8 +48,13 @@ class DrainingServer(uvicorn.Server):
             state.draining = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM / SIGINT: drain, then exit 0 (uvicorn itself re-raises the signal once shut down,
+        which ends the process "killed by signal" even after a clean drain). A second SIGINT forces."""
         self._mark_draining()
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
     def request_shutdown(self) -> None:
         """Start a graceful shutdown from any thread."""
