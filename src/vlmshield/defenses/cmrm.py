@@ -21,7 +21,8 @@ on, adding every ``v_l`` at once compounds; ``mode`` chooses how that is handled
 
 Our choices, not statements of the paper (whose full text we could not read): the state is taken at
 the last prompt token; all decoder layers are steered by default; positions ``all``; alpha 1.0 at
-dataset level and 0.5 at sample level. Each is a parameter.
+both levels (with ``sequential`` vectors, the value at which the calibration input lands on its
+text-only state). Each is a parameter.
 
 Example:
     >>> vecs = calibrate_cmrm(vlm, anchors)  # doctest: +SKIP
@@ -153,7 +154,7 @@ class CmrmConfig(DefenseConfig):
 
     level: Literal["dataset", "sample"] | None = Field(None, description="default: dataset if vectors given")
     vectors: Path | None = None
-    alpha: float | None = Field(None, ge=-100.0, le=100.0, description="default 1.0 dataset, 0.5 sample")
+    alpha: float | None = Field(None, ge=-100.0, le=100.0, description="default 1.0 (both levels)")
     mode: Mode | None = Field(
         None, description="sequential | increments | compounding; default: the vectors' own, else sequential"
     )
@@ -177,8 +178,8 @@ class Cmrm:
     """The CMRM defense (registered as ``cmrm``).
 
     Example:
-        >>> Cmrm(level="sample").spec()["alpha"]
-        0.5
+        >>> Cmrm(level="sample").spec()["alpha"], Cmrm(level="sample").spec()["mode"]
+        (1.0, 'sequential')
     """
 
     name = "cmrm"
@@ -195,7 +196,7 @@ class Cmrm:
             raise UserInputError(
                 "cmrm level=dataset needs vectors=PATH (build them with `vlmshield calibrate cmrm`)"
             )
-        alpha = cfg.alpha if cfg.alpha is not None else (1.0 if level == "dataset" else 0.5)
+        alpha = cfg.alpha if cfg.alpha is not None else 1.0
         self.vectors = SteeringVectors.load(cfg.vectors) if cfg.vectors is not None else None
         mode = cfg.mode
         if self.vectors is not None:
