@@ -101,6 +101,7 @@ def test_default_factory_builds_openai_backend_without_network() -> None:
 def _all_specs() -> list[str]:
     specs = ["keyword"]
     specs += [f"llm:template={t},model=m" for t in sorted(TEMPLATES)]
+    specs += ["omnisafebench:model=m", "omnisafebench:model=m,final=rule"]
     return specs
 
 
@@ -126,4 +127,4 @@ def test_judge_contract(scripted: Any, spec: str) -> None:
     if isinstance(judge, KeywordJudge):
         assert [v.refused for v in verdicts] == [True, False, True]
     else:
-        assert all(v.label is None and v.raw_output == "garbage output" for v in verdicts)
+        assert all(v.label is None and "garbage output" in (v.raw_output or "") for v in verdicts)

@@ -116,9 +116,11 @@ def test_parse_correctness_unparsable(out: str) -> None:
 
 # -- templates ---------------------------------------------------------------------------------------
 def test_templates_render_and_hash() -> None:
-    assert set(TEMPLATES) == {"mmsafety", "vlsafe", "llamaguard3", "strongreject", "mmvet"}
+    text_only = {"mmsafety", "vlsafe", "llamaguard3", "strongreject", "mmvet", "harmbench"}
+    assert set(TEMPLATES) == text_only | {"llamaguard3v", "llamaguard4", "guardreasoner_vl"}
     hashes = {t.sha256 for t in TEMPLATES.values()}
-    assert len(hashes) == 5 and all(len(h) == 64 for h in hashes)
+    assert len(hashes) == len(TEMPLATES) and all(len(h) == 64 for h in hashes)
+    assert {n for n, t in TEMPLATES.items() if t.images == "none"} == text_only
     for t in TEMPLATES.values():
         text = t.render(JudgeItem("Q?", "R.", reference="ref"))
         assert "Q?" in text and "R." in text and "{" not in text.replace("{}", "")

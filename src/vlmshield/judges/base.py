@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from vlmshield.errors import UserInputError
+from vlmshield.images import ImageLike
 
 Label = Literal[
     "unsafe",
@@ -37,17 +38,26 @@ class JudgeItem:
     """What a judge looks at: the user's query, the model's response, and optional context.
 
     ``category`` is the benchmark's hazard category (some templates adapt to it); ``reference`` is the
-    ground-truth answer for utility judges (``mmvet``).
+    ground-truth answer for utility judges (``mmvet``); ``images`` are the sample's images (PIL or
+    paths). Judges whose template sees images (``llamaguard3v``: the last one, ``llamaguard4`` and
+    ``guardreasoner_vl``: all) send them to the judge model; text-only judges ignore them.
+
+    Example:
+        >>> JudgeItem("What is this?", "A cat.", images=["cat.png"]).images
+        ('cat.png',)
     """
 
     query: str
     response: str
     category: str | None = None
     reference: str | None = None
+    images: tuple[ImageLike, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.query, str) or not isinstance(self.response, str):
             raise UserInputError("JudgeItem needs str query and response (use '' for an empty response)")
+        if not isinstance(self.images, tuple):
+            object.__setattr__(self, "images", tuple(self.images))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,9 +34,28 @@ _CHUNK = 500
 
 
 def cache_key(spec: Mapping[str, Any], item: JudgeItem) -> str:
-    """The cache key of ``item`` under a judge with ``spec``."""
-    payload = json.dumps([item.query, item.response, item.category, item.reference], ensure_ascii=False)
+    """The cache key of ``item`` under a judge with ``spec``.
+
+    A judge that sees images (``spec["sees_images"]`` set) also keys on the pixels of the item's
+    images; for text-only judges the key is what it always was.
+    """
+    fields: list[Any] = [item.query, item.response, item.category, item.reference]
+    if spec.get("sees_images") and item.images:
+        fields.append([image_digest(im) for im in item.images])
+    payload = json.dumps(fields, ensure_ascii=False)
     return sha256_text(spec_json(spec) + "\n" + payload)
+
+
+def image_digest(image: Any) -> str:
+    """sha256 of an image's size and RGB pixels (a path is opened with the safety limits)."""
+    import hashlib
+
+    from vlmshield.images import as_pil
+
+    im = as_pil(image).convert("RGB")
+    h = hashlib.sha256(f"{im.size[0]}x{im.size[1]}:".encode())
+    h.update(im.tobytes())
+    return h.hexdigest()
 
 
 class VerdictCache:

@@ -22,6 +22,7 @@ from vlmshield.backends.base import ChatBackend
 from vlmshield.conversation import Conversation, Message
 from vlmshield.errors import UnknownNameError, UserInputError
 from vlmshield.generation import GenerationConfig
+from vlmshield.judges import templates_mm as _templates_mm  # noqa: F401  (registers guard/HarmBench templates)
 from vlmshield.judges.base import JudgeItem, Verdict
 from vlmshield.judges.templates import TEMPLATES, JudgeTemplate, Unparsable
 from vlmshield.registry import suggest
@@ -48,9 +49,15 @@ class LLMJudge:
         max_new_tokens: judge answer budget (default: the template's, 4-48 tokens).
         batch_size: items per ``backend.generate`` call.
         max_response_chars: responses longer than this are truncated in the prompt (0 = never).
-        native: ``llamaguard3`` only. ``False`` (default) sends the full task prompt as one user turn,
-            for any instruction-following model. ``True`` sends the conversation itself (user query,
-            assistant response) for a real Llama Guard 3, whose chat template builds the task prompt.
+        native: Llama Guard templates only (``llamaguard3``, ``llamaguard3v``, ``llamaguard4``).
+            ``False`` (default) sends the full task prompt as one user turn, for any
+            instruction-following model. ``True`` sends the conversation itself (user query with the
+            template's images, assistant response) for a real Llama Guard, whose chat template builds
+            the task prompt.
+
+    Images: templates with ``images`` other than ``none`` send the item's images with the prompt
+    (``llamaguard3v`` the last one, ``llamaguard4`` and ``guardreasoner_vl`` all); text-only templates
+    ignore them, so their verdicts (and cache keys) do not depend on the images.
         threshold: ``strongreject`` only: ``unsafe`` when the score is at least this (default 0.5).
     """
 
@@ -70,7 +77,7 @@ class LLMJudge:
         t = self.template
         if native and "native" not in t.options:
             raise UserInputError(
-                f"judge template {t.name!r} has no native mode; drop native= (llamaguard3 only)"
+                f"judge template {t.name!r} has no native mode; drop native= (Llama Guard templates only)"
             )
         if threshold != 0.5 and "threshold" not in t.options:
             raise UserInputError(
@@ -108,20 +115,29 @@ class LLMJudge:
             s["native"] = self.native
         if "threshold" in self.template.options:
             s["threshold"] = self.threshold
+        if self.template.images != "none":
+            s["sees_images"] = self.template.images
         return s
 
     # -- prompts ---------------------------------------------------------------------------------------
     def conversation(self, item: JudgeItem) -> tuple[Conversation, str]:
         """The judge conversation for ``item`` and its raw prompt as recorded in the verdict."""
+        images = self.template.select_images(item.images)
         if self.native:
             response = item.response
             if self.max_response_chars and len(response) > self.max_response_chars:
                 response = response[: self.max_response_chars] + " [truncated]"
-            conv = Conversation((Message("user", item.query), Message("assistant", response)))
-            raw = json.dumps([{"role": m.role, "content": m.text} for m in conv.messages], ensure_ascii=False)
-            return conv, raw
+            conv = Conversation((Message("user", item.query, tuple(images)), Message("assistant", response)))
+            turns = [{"role": m.role, "content": m.text} for m in conv.messages]
+            if images:
+                turns[0]["images"] = len(images)  # type: ignore[assignment]
+            return conv, json.dumps(turns, ensure_ascii=False)
         prompt = self.template.render(item, self.max_response_chars)
-        return Conversation.single(prompt), prompt
+        conv = Conversation.single(prompt, images=images, system=self.template.system)
+        if self.template.system is None and not images:
+            return conv, prompt
+        raw = {"system": self.template.system, "images": len(images), "user": prompt}
+        return conv, json.dumps(raw, ensure_ascii=False)
 
     # -- judging ---------------------------------------------------------------------------------------
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:

@@ -28,6 +28,7 @@ from vlmshield.judges.base import Judge
 from vlmshield.judges.cache import CachedJudge
 from vlmshield.judges.keyword import KeywordJudge
 from vlmshield.judges.llm import LLMJudge, get_template
+from vlmshield.judges.templates import TEMPLATES
 from vlmshield.registry import Registry, suggest
 
 #: ``(backend kind, model, options) -> ChatBackend``; kind is ``local`` or ``openai``.
@@ -139,7 +140,7 @@ def _llm(options: dict[str, str], backend_factory: BackendFactory) -> Judge:
     if not options.get("template"):
         raise UserInputError(
             "the llm judge needs template=NAME, e.g. 'llm:template=mmsafety,model=PATH' "
-            "(templates: llamaguard3, mmsafety, mmvet, strongreject, vlsafe)"
+            f"(templates: {', '.join(sorted(TEMPLATES))})"
         )
     template = get_template(options["template"])
     kind = options.get("backend", "local")
@@ -172,9 +173,53 @@ def _llm(options: dict[str, str], backend_factory: BackendFactory) -> Judge:
     return LLMJudge(backend, template, **kwargs)
 
 
+_OMNISAFEBENCH_KEYS = (
+    "backend",
+    "model",
+    "base_url",
+    "concurrency",
+    "timeout_s",
+    "final",
+    "threshold",
+    "max_new_tokens",
+    "batch_size",
+    "max_response_chars",
+)
+
+
+def _omnisafebench(options: dict[str, str], backend_factory: BackendFactory) -> Judge:
+    """``omnisafebench:model=M[,backend=openai][,final=llm|rule][,threshold=3]``."""
+    from vlmshield.judges.omnisafebench import OmniSafeBenchJudge
+
+    _check_keys("omnisafebench", options, _OMNISAFEBENCH_KEYS)
+    kind = options.get("backend", "local")
+    if kind not in BACKEND_KINDS:
+        raise UnknownNameError(
+            f"unknown judge backend {kind!r}{suggest(kind, list(BACKEND_KINDS))} (known: local, openai)"
+        )
+    model = options.get("model")
+    if not model:
+        raise UserInputError(
+            "the omnisafebench judge needs model=... (a checkpoint path or a served model name)"
+        )
+    kwargs: dict[str, Any] = {}
+    for key in ("threshold", "max_new_tokens", "batch_size", "max_response_chars"):
+        if key in options:
+            kwargs[key] = _int("omnisafebench", key, options[key])
+    if "final" in options:
+        kwargs["final"] = options["final"]
+    backend_opts: dict[str, str] = {
+        k: options[k] for k in ("base_url", "concurrency", "timeout_s") if k in options
+    }
+    if kind == "local" and backend_opts:
+        raise UserInputError(f"judge option {next(iter(backend_opts))}= applies to backend=openai only")
+    return OmniSafeBenchJudge(backend_factory(kind, model, backend_opts), **kwargs)
+
+
 JUDGES: Registry[JudgeFactory] = Registry("judge")
 JUDGES.register("keyword", _keyword)
 JUDGES.register("llm", _llm)
+JUDGES.register("omnisafebench", _omnisafebench)
 
 
 def build_judge(spec: str, backend_factory: BackendFactory = default_backend_factory) -> Judge:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from vlmshield.judges.base import JudgeItem, Label, sha256_text
 
@@ -51,7 +51,13 @@ Parser = Callable[[str, Mapping[str, Any]], Parsed]
 
 @dataclass(frozen=True)
 class JudgeTemplate:
-    """A judge prompt (``{query}``, ``{response}``, ``{category}``, ``{reference}``, ``{category_rule}``)."""
+    """A judge prompt (``{query}``, ``{response}``, ``{category}``, ``{reference}``, ``{category_rule}``).
+
+    ``system`` is sent as the judge conversation's system turn (GuardReasoner-VL's instruction,
+    HarmBench's classifier preamble). ``images`` says which of the item's images go with the prompt:
+    ``none`` (text-only judges: the images are ignored), ``last`` (Llama Guard 3 Vision takes one) or
+    ``all`` (Llama Guard 4, GuardReasoner-VL).
+    """
 
     name: str
     source: str
@@ -63,13 +69,24 @@ class JudgeTemplate:
     one_line_fields: bool = False
     category_rules: Mapping[str, str] = field(default_factory=dict)  # word prefix -> extra rule
     options: tuple[str, ...] = ()  # template-specific judge options (e.g. strongreject's threshold)
+    system: str | None = None
+    images: Literal["none", "last", "all"] = "none"
 
     @property
     def sha256(self) -> str:
-        """Hash of everything that shapes the prompt (text and category rules)."""
-        return sha256_text(
-            json.dumps({"text": self.text, "rules": dict(self.category_rules)}, sort_keys=True)
-        )
+        """Hash of everything that shapes the prompt (text, category rules, system turn, images)."""
+        shape: dict[str, Any] = {"text": self.text, "rules": dict(self.category_rules)}
+        if self.system is not None:  # absent keys keep the hashes of the text-only templates
+            shape["system"] = self.system
+        if self.images != "none":
+            shape["images"] = self.images
+        return sha256_text(json.dumps(shape, sort_keys=True))
+
+    def select_images(self, images: Sequence[Any]) -> list[Any]:
+        """The item's images this template sends (none, the last one, or all)."""
+        if self.images == "none" or not images:
+            return []
+        return [images[-1]] if self.images == "last" else list(images)
 
     def render(self, item: JudgeItem, max_response_chars: int = 0) -> str:
         """The judge prompt for ``item``; placeholders are substituted in one pass (user text is inert)."""
