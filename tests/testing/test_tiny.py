@@ -1,4 +1,7 @@
-"""Tiny checkpoints: build offline, load like real checkpoints, format chats, generate."""
+"""Tiny checkpoints: build offline, load like real checkpoints through the Auto classes, format chats.
+
+Generation and everything else a family must do through vlmshield is in ``tests/contract``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from PIL import Image
 
 from vlmshield.errors import UnknownNameError
 from vlmshield.testing import BUILDER_VERSION, FAMILIES, build_tiny_checkpoint, tiny_checkpoint
+from vlmshield.models.families import FAMILIES as ROWS
 from vlmshield.testing.families import SPECS
 
 # The placeholder token each family's processor repeats once per image feature (from the family table).
@@ -111,24 +115,13 @@ def test_chat_template_with_image_gives_image_tokens_and_pixels(
     n_image_tokens = int((inputs["input_ids"] == image_token_id).sum())
     assert 1 <= n_image_tokens <= 64
     assert inputs["pixel_values"].numel() > 0
+    if ROWS[family].text_only_via_tokenizer:  # PaliGemma's processor refuses prompts without an image
+        with pytest.raises(ValueError, match="images"):
+            _inputs(processor, with_image=False)
+        return
     text_only = _inputs(processor, with_image=False)
     assert "pixel_values" not in text_only
     assert int((text_only["input_ids"] == image_token_id).sum()) == 0
-
-
-@pytest.mark.parametrize("with_image", [True, False], ids=["image", "text"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_generate_eight_tokens(
-    family: str, with_image: bool, loaded: Callable[[str], tuple[Any, Any]]
-) -> None:
-    processor, model = loaded(family)
-    inputs = _inputs(processor, with_image)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1] :]
-    assert new.shape == (8,)  # special tokens are damped: greedy decoding never stops early
-    text = processor.tokenizer.decode(new, skip_special_tokens=True)
-    assert text.strip() and "\ufffd" not in text
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -151,9 +144,17 @@ def test_config_token_ids_are_in_the_vocabulary(family: str, built: Callable[[st
     found = list(token_ids(config)) + list(
         token_ids(json.loads((path / "generation_config.json").read_text()))
     )
-    assert {key for key, _ in found} >= {"bos_token_id", "eos_token_id", "pad_token_id"}
+    needed = {"eos_token_id", "pad_token_id"} | ({"bos_token_id"} if tokenizer_has_bos(path) else set())
+    assert {key for key, _ in found} >= needed
     bad = [(key, v) for key, v in found if not 0 <= v < vocab_size]
     assert not bad
+
+
+def tokenizer_has_bos(path: Path) -> bool:
+    """GLM has no BOS token (its prompts start with ``[gMASK]<sop>``)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path).bos_token is not None
 
 
 def _digest(path: Path) -> str:

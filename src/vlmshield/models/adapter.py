@@ -138,7 +138,8 @@ class VLM:
                 except AttributeError:
                     continue
                 if isinstance(found, nn.ModuleList) and len(found) > 0:
-                    self._layers = list(found)
+                    skip = set(self.info.skip_layer_types)
+                    self._layers = [layer for layer in found if type(layer).__name__ not in skip]
                     break
             else:
                 raise ModelLoadError(
@@ -189,7 +190,11 @@ class VLM:
                 kwargs["images"] = per_row
             else:
                 kwargs["images"] = [im for row in per_row for im in row]
-        inputs = self.processor(**kwargs)
+        if self.info.text_only_via_tokenizer and not all(per_row):
+            inputs = self._encode_split(texts, per_row)
+        else:
+            inputs = self.processor(**kwargs)
+        inputs.pop("labels", None)  # training targets some processors add; never wanted here
         for key in ("images", "pixel_values", "image_sizes"):
             if key in inputs and inputs[key] is None:
                 del inputs[key]
@@ -197,6 +202,50 @@ class VLM:
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
+
+    def _encode_split(self, texts: list[str], per_row: list[list[Any]]) -> Any:
+        """Encode a batch for a processor that refuses prompts without an image (PaliGemma).
+
+        Rows with images go through the processor, rows without through the tokenizer (with the
+        all-prefix token type ids the processor would give); the parts are left padded to one length
+        and put back in the original row order.
+        """
+        from transformers import BatchFeature
+
+        text_rows = [i for i, row in enumerate(per_row) if not row]
+        image_rows = [i for i, row in enumerate(per_row) if row]
+        parts = [
+            (
+                text_rows,
+                self.tokenizer(
+                    [texts[i] for i in text_rows],
+                    padding=True,
+                    return_tensors="pt",
+                    return_token_type_ids=True,
+                ),
+            )
+        ]
+        if image_rows:
+            images = [per_row[i] for i in image_rows]
+            parts.append(
+                (image_rows, self.processor(text=[texts[i] for i in image_rows], images=images, padding=True))
+            )
+            parts[-1][1].convert_to_tensors("pt")
+        width = max(int(p["input_ids"].shape[1]) for _, p in parts)
+        per_token = [k for k in parts[0][1] if k in ("input_ids", "attention_mask", "token_type_ids")]
+        out: dict[str, Any] = {}
+        for key in per_token:
+            fill = self.pad_token_id if key == "input_ids" else 0
+            merged = torch.full((len(texts), width), fill, dtype=torch.long)
+            for rows, part in parts:
+                values = part[key]
+                merged[rows, width - values.shape[1] :] = values.long()
+            out[key] = merged
+        for rows, part in parts:
+            for key, value in part.items():
+                if key not in per_token and rows is image_rows:
+                    out[key] = value
+        return BatchFeature(out)
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the image tokens in ``input_ids`` (``[B, T]``)."""

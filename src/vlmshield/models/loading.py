@@ -137,7 +137,14 @@ def load_vlm(
     torch_dtype = resolve_dtype(dtype, dev if device_map is None else "cuda")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        processor = AutoProcessor.from_pretrained(str(source), **kwargs)
+        if not isinstance(source, Path):
+            from transformers import AutoConfig
+
+            model_type = str(AutoConfig.from_pretrained(source, **kwargs).model_type)
+        backend = family_info(model_type).image_backend
+        processor = AutoProcessor.from_pretrained(
+            str(source), **kwargs, **({"backend": backend} if backend else {})
+        )
         model = AutoModelForImageTextToText.from_pretrained(
             str(source), dtype=torch_dtype, device_map=device_map, **kwargs
         )

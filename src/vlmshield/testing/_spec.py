@@ -129,6 +129,8 @@ class FamilySpec:
         layer_index_lists: text-config attributes that list layer indices (the pattern repeats
             when the number of layers changes), e.g. Mllama's ``cross_attention_layers``.
         requires: importable modules the processor needs (``torchvision``, ``num2words``).
+        init: parameters to set after the random init, by name suffix (Mllama's cross-attention
+            gates start at 0, which would make the image invisible to a random model).
         approximations: what the tiny build does differently from the real family (documentation).
     """
 
@@ -147,6 +149,7 @@ class FamilySpec:
     layer_lists: tuple[str, ...] = ()
     layer_index_lists: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    init: Mapping[str, float] = field(default_factory=dict)
     approximations: str = ""
 
 

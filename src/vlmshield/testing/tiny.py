@@ -156,6 +156,10 @@ def build_tiny_checkpoint(
         model = recipe.model_class(recipe.config).to(torch.float32)
     model.eval()
     with torch.no_grad():
+        for name, param in model.named_parameters():
+            for suffix, value in SPECS[family].init.items():
+                if name.endswith(suffix):
+                    param.fill_(value)
         rows = torch.tensor(quiet_token_ids(recipe.processor.tokenizer), dtype=torch.long)
         model.get_output_embeddings().weight[rows] *= _QUIET_SCALE
     model.generation_config = GenerationConfig(**{**recipe.generation, **extra})

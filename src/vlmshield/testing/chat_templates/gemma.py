@@ -182,3 +182,24 @@ GEMMA4 = r"""{%- macro strip_thinking(text) -%}
     {%- endif -%}
 {%- endif -%}
 """
+
+#: Written to PaliGemma's documented prompt format (no published chat template: PaliGemma takes a task
+#: prefix). Images first as ``<image>`` (the processor expands them and adds ``<bos>`` after them and
+#: ``\n`` at the end); then every turn's text, one per line. A text-only prompt gets the ``<bos>`` and
+#: the final ``\n`` from the template itself.
+PALIGEMMA = (
+    "{%- set ns = namespace(images=0) -%}"
+    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
+    "{%- for content in message['content'] -%}{%- if content['type'] == 'image' -%}"
+    "{{ '<image>' }}{%- set ns.images = ns.images + 1 -%}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}{%- endfor -%}"
+    "{%- if ns.images == 0 -%}{{ bos_token }}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for content in message['content'] -%}"
+    "{%- if content['type'] == 'text' -%}{{ content['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if not loop.last -%}{{ '\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if ns.images == 0 -%}{{ '\n' }}{%- endif -%}"
+)

@@ -23,3 +23,7 @@ IDEFICS3 = "<|begin_of_text|>" + _IDEFICS_BODY
 SMOLVLM = "<|im_start|>" + _IDEFICS_BODY.replace(
     "{{message['role'].capitalize()}}", "{{message['role'] | capitalize}}"
 )
+
+#: chat_template of ``HuggingFaceM4/idefics2-8b`` (Idefics3's without the leading ``<|begin_of_text|>``;
+#: the tokenizer adds ``<s>``).
+IDEFICS2 = _IDEFICS_BODY

@@ -13,10 +13,10 @@ Example:
 from __future__ import annotations
 
 from vlmshield.testing._spec import FamilySpec
-from vlmshield.testing.families import gemma, idefics, llava, qwen
+from vlmshield.testing.families import gemma, idefics, llava, meta, others, qwen
 
 SPECS: dict[str, FamilySpec] = {
-    spec.model_type: spec for module in (llava, qwen, idefics, gemma) for spec in module.SPECS
+    spec.model_type: spec for module in (llava, qwen, idefics, gemma, meta, others) for spec in module.SPECS
 }
 
 __all__ = ["SPECS"]

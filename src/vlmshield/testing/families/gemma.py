@@ -11,6 +11,7 @@ from __future__ import annotations
 from vlmshield.testing import chat_templates as T
 from vlmshield.testing._spec import (
     LM_HEAD_DIM,
+    LM_HIDDEN,
     TOKENIZER,
     TOKENIZER_IDS,
     VOCAB,
@@ -159,5 +160,43 @@ SPECS = (
         approximations="at most 70 soft tokens per image (the smallest budget Gemma 4 supports; 280 "
         "default) from 4 px patches; no audio tower; boi/eoi token strings follow the template's "
         "<|x> / <x|> naming.",
+    ),
+    FamilySpec(
+        model_type="paligemma",
+        imitates="google/paligemma2-3b-mix-224",
+        model_class="PaliGemmaForConditionalGeneration",
+        tokenizer=gemma_tokenizer(named={"image_token": "<image>"}, extra=()),
+        processor=C(
+            "PaliGemmaProcessor",
+            {
+                "image_processor": C(
+                    "SiglipImageProcessorPil", {"size": {"height": 28, "width": 28}, "image_seq_length": 4}
+                ),
+                "tokenizer": TOKENIZER,
+            },
+        ),
+        config=C(
+            "PaliGemmaConfig",
+            {
+                # SigLIP on 28 px with 14 px patches: 4 image tokens (256 real at 224 px)
+                "vision_config": C("SiglipVisionConfig", vision(image_size=28, patch_size=14)),
+                "text_config": {
+                    "model_type": "gemma2",
+                    **lm(
+                        query_pre_attn_scalar=LM_HEAD_DIM,
+                        layer_types=["sliding_attention", "full_attention"],
+                        sliding_window=512,
+                    ),
+                },
+                "image_token_index": Tok("<image>"),
+                "projection_dim": LM_HIDDEN,
+                "hidden_size": LM_HIDDEN,
+            },
+        ),
+        chat_template=T.PALIGEMMA,
+        template_source="written to PaliGemma's documented prompt format (it ships no chat template)",
+        image_token="<image>",
+        approximations="28 px images, 4 image tokens; Gemma 2 decoder; the prompt is a prefix "
+        "(bidirectional attention over it, causal over the answer).",
     ),
 )

@@ -1,4 +1,5 @@
-"""Idefics lineage: Idefics3 and SmolVLM (SigLIP-like tower, pixel shuffle, Llama decoder).
+"""Idefics lineage: Idefics2 (perceiver resampler, Mistral decoder), Idefics3 and SmolVLM (SigLIP-like
+tower, pixel shuffle, Llama decoder).
 
 Example:
     >>> from vlmshield.testing.families.idefics import SPECS
@@ -9,7 +10,18 @@ Example:
 from __future__ import annotations
 
 from vlmshield.testing import chat_templates as T
-from vlmshield.testing._spec import TOKENIZER, C, FamilySpec, Tok, TokAttr, TokenizerSpec, lm, vision
+from vlmshield.testing._spec import (
+    LM_HIDDEN,
+    TOKENIZER,
+    C,
+    FamilySpec,
+    Tok,
+    TokAttr,
+    TokenizerSpec,
+    llama_tokenizer,
+    lm,
+    vision,
+)
 
 # SigLIP-like tower on 32 px images with 8 px patches: 16 patches, pixel-shuffled by 2 -> 4 tokens.
 _IMAGE, _PATCH, _SCALE = 32, 8, 2
@@ -108,5 +120,45 @@ SPECS = (
         image_token="<image>",
         requires=("torchvision", "num2words"),
         approximations="as Idefics3, with the SmolLM2 tokenizer's special tokens.",
+    ),
+    FamilySpec(
+        model_type="idefics2",
+        imitates="HuggingFaceM4/idefics2-8b",
+        model_class="Idefics2ForConditionalGeneration",
+        tokenizer=llama_tokenizer(extra=("<fake_token_around_image>", "<image>", "<end_of_utterance>")),
+        processor=C(
+            "Idefics2Processor",
+            {
+                "image_processor": C(
+                    "Idefics2ImageProcessorPil",
+                    {"do_image_splitting": False, "size": {"shortest_edge": _IMAGE, "longest_edge": _IMAGE}},
+                ),
+                "tokenizer": TOKENIZER,
+                "image_seq_len": 4,
+            },
+        ),
+        config=C(
+            "Idefics2Config",
+            {
+                "vision_config": _VISION,
+                # the perceiver resamples every image to 4 latents (64 real) in the decoder's width
+                "perceiver_config": {
+                    "hidden_size": LM_HIDDEN,
+                    "resampler_n_latents": 4,
+                    "resampler_depth": 1,
+                    "resampler_n_heads": 2,
+                    "resampler_head_dim": 16,
+                    "num_key_value_heads": 1,
+                },
+                "text_config": {"model_type": "mistral", **lm(sliding_window=None)},
+                "image_token_id": Tok("<image>"),
+                "pad_token_id": TokAttr("pad_token_id"),
+            },
+        ),
+        chat_template=T.IDEFICS2,
+        template_source="HuggingFaceM4/idefics2-8b",
+        image_token="<image>",
+        approximations="one 32 px image (no splitting), a 1-layer perceiver with 4 latents (3 layers, "
+        "64 latents real).",
     ),
 )
