@@ -47,10 +47,13 @@ def test_every_defense_same_samples_same_order(run: dict[str, Any]) -> None:
         verdicts = store.verdicts()
     defenses = ["none", "coca", "ecso", "cmrm"]
     assert list(dict.fromkeys(g["defense"] for g in gens)) == defenses  # batch by batch, none first
+    # batches are fixed chunks of the samples sorted by prompt length (the default order of a new run)
+    run_order = [s.id for batch in plan.batches("length") for s in batch]
+    assert sorted(run_order) == sorted(order) and run_order != order
     for d in defenses:
-        assert [g["sample_id"] for g in gens if g["defense"] == d] == order  # insertion order
-    # batches are fixed chunks of the ordered list
-    assert {(g["sample_id"], g["batch"]) for g in gens} == {(sid, i // 4) for i, sid in enumerate(order)}
+        assert [g["sample_id"] for g in gens if g["defense"] == d] == run_order  # insertion order
+    assert {(g["sample_id"], g["batch"]) for g in gens} == {(sid, i // 4) for i, sid in enumerate(run_order)}
+    assert {g["sample_id"]: g["idx"] for g in gens} == {sid: i for i, sid in enumerate(order)}
     # one verdict per (defense, sample, judge), for the samples that were answered
     errors = [g for g in gens if g["error"]]
     assert {g["sample_id"] for g in errors} == {"jsonl/fixture/two-images"}

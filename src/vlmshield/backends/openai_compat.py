@@ -10,6 +10,8 @@ requests run on a thread pool of ``max_concurrency`` workers, one request per co
 - Images are sent as base64 PNG data URLs in ``image_url`` content parts, before the turn's text.
 - Greedy decoding (``do_sample=False``) is ``temperature=0``; ``max_tokens``, ``top_p`` and ``seed``
   are passed through; ``top_k`` and ``min_tokens`` (vLLM / SGLang extensions) only when set.
+- Rate limit: ``max_requests_per_s`` spaces the starts of requests (retries included) evenly, across
+  the worker threads (:class:`~vlmshield.backends.ratelimit.RateLimiter`); unset, no limit.
 - Retries: 429, 5xx, connection errors and timeouts are retried up to ``max_retries`` times with
   exponential backoff (``backoff_s * 2**attempt``), or after the server's ``Retry-After`` when it sends
   one (capped at :data:`MAX_RETRY_AFTER_S`). Other 4xx answers fail at once. Failures raise
@@ -38,6 +40,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from vlmshield.backends.ratelimit import RateLimiter
 from vlmshield.conversation import Conversation
 from vlmshield.errors import UserInputError, VlmshieldError
 from vlmshield.generation import Cost, GenerationConfig, GenerationOutput, timed
@@ -176,6 +179,7 @@ class OpenAIChatBackend:
         max_retries: retries after the first attempt for 429 / 5xx / connection errors / timeouts.
         backoff_s: first backoff; doubled after each retry.
         extra_body: extra JSON fields sent with every request (e.g. ``{"repetition_penalty": 1.1}``).
+        max_requests_per_s: at most this many requests start per second (None: no limit).
 
     Example:
         >>> with OpenAIChatBackend("http://127.0.0.1:8000", model="m") as b:  # doctest: +SKIP
@@ -193,6 +197,7 @@ class OpenAIChatBackend:
         max_retries: int = 4,
         backoff_s: float = 0.5,
         extra_body: Mapping[str, Any] | None = None,
+        max_requests_per_s: float | None = None,
     ) -> None:
         url = base_url or _env(BASE_URL_ENV)
         if not url:
@@ -218,6 +223,8 @@ class OpenAIChatBackend:
         self.backoff_s = float(backoff_s)
         self.extra_body = dict(extra_body or {})
         self._api_key = api_key or _env(API_KEY_ENV)
+        self.max_requests_per_s = max_requests_per_s
+        self._limiter = RateLimiter(max_requests_per_s) if max_requests_per_s is not None else None
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
@@ -256,6 +263,31 @@ class OpenAIChatBackend:
             finished=[r.finished for r in replies],
             cost=cost,
         )
+
+    def served_models(self) -> list[dict[str, Any]]:
+        """``GET {base_url}/models``: the ``data`` entries (``id``, ``owned_by``, ...), one request, no
+        retries; raises :class:`EndpointError` when the endpoint cannot be read."""
+        url = self.base_url + "/models"
+        try:
+            resp = self._http().get(url)
+        except httpx.HTTPError as e:
+            raise EndpointError(
+                f"{url}: could not connect ({type(e).__name__}: {e}); is the server running? check base_url",
+                url=url,
+            ) from None
+        if resp.status_code != 200:
+            raise self._status_error(resp, 1)
+        try:
+            data = resp.json().get("data")
+        except (ValueError, AttributeError):
+            data = None
+        if not isinstance(data, list):
+            raise MalformedResponseError(
+                f"{url} answered 200 but not a model list: {_snippet(resp.text) or '(empty body)'}",
+                url=url,
+                status=200,
+            )
+        return [m for m in data if isinstance(m, dict)]
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -318,6 +350,8 @@ class OpenAIChatBackend:
         while True:
             attempts += 1
             retry_after: float | None = None
+            if self._limiter is not None:
+                self._limiter.wait()
             try:
                 resp = client.post(self.url, json=body)
             except httpx.TimeoutException as e:

@@ -26,9 +26,12 @@ import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmshield.errors import UserInputError
+
+if TYPE_CHECKING:
+    from vlmshield.eval.plan import EvalPlan
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "vlmshield.eval.manifest/1"
@@ -185,17 +188,137 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
+# ------------------------------------------------------------------------------------- a run's manifest
+
+
+def recorded_order(old: Mapping[str, Any] | None) -> str | None:
+    """The batch order an existing manifest records (``dataset`` for runs made before orders existed)."""
+    if old is None:
+        return None
+    return str(old.get("identity", {}).get("generation", {}).get("order") or "dataset")
+
+
+def with_order(old: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` with its batch order spelled out (an older manifest's batches were in dataset order)."""
+    out = json.loads(json.dumps(old, default=str))
+    gen = out.setdefault("identity", {}).setdefault("generation", {})
+    gen.setdefault("order", recorded_order(old))
+    return out
+
+
+def _identity(plan: EvalPlan, order: str, model_revision: str | None, dtype: str | None) -> dict[str, Any]:
+    cfg = plan.config
+    return {
+        "model": {"name": cfg.model, "revision": model_revision, "dtype": dtype},
+        "generation": {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": False,
+            "batch_size": cfg.batch_size,
+            "order": order,
+        },
+        "seed": cfg.seed,
+        "defense_order": [d.label for d in plan.defenses],
+        "defenses": {d.label: d.spec() for d in plan.defenses},
+        "benchmarks": {
+            b.request.label: {
+                "variant": b.variant,
+                "checksum": b.checksum,
+                "selection_checksum": b.selection_checksum,
+            }
+            for b in plan.benchmarks
+        },
+        "samples": {"count": len(plan.samples), "ids_sha256": plan.sample_ids_sha256()},
+    }
+
+
+def build_manifest(
+    plan: EvalPlan,
+    *,
+    order: str,
+    model_revision: str | None,
+    dtype: str | None,
+    device: str | None,
+    family: str | None,
+    model_extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a run of ``plan`` (``status: running``, no invocations yet)."""
+    cfg = plan.config
+    return {
+        "schema": SCHEMA,
+        "created": now_iso(),
+        "versions": versions(),
+        "identity": _identity(plan, order, model_revision, dtype),
+        "model": {
+            "name": cfg.model,
+            "revision": model_revision,
+            "requested_revision": cfg.revision,
+            "family": family,
+            "dtype": dtype,
+            "device": device,
+            **dict(model_extra or {}),
+        },
+        "seeds": {"seed": cfg.seed, "limit_selection": cfg.seed, "bootstrap": cfg.seed},
+        "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": 0.95, "method": "percentile"},
+        "limit": cfg.limit,
+        "generation": {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": False,
+            "batch_size": cfg.batch_size,
+            "order": order,
+        },
+        "scale": cfg.scale.model_dump(exclude={"order"}),
+        "defenses": [
+            {
+                "label": d.label,
+                "spec_text": d.spec_text,
+                "spec": d.spec(),
+                "spec_sha256": sha256_json(d.spec()),
+            }
+            for d in plan.defenses
+        ],
+        "judges": [
+            {
+                "label": j.label,
+                "spec_text": j.spec_text,
+                "spec": j.checked_spec,
+                "spec_sha256": sha256_json(j.checked_spec),
+            }
+            for j in plan.judges
+        ],
+        "benchmarks": [b.manifest() for b in plan.benchmarks],
+        "samples": {"count": len(plan.samples), "ids_sha256": plan.sample_ids_sha256()},
+        "invocations": [],
+        "status": "running",
+    }
+
+
+def merge_manifest(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` keeping ``old``'s creation time, invocations and judges no longer requested."""
+    if old is None:
+        return new
+    merged = dict(new)
+    merged["created"] = old.get("created", new["created"])
+    merged["invocations"] = list(old.get("invocations", []))
+    labels = {j["label"] for j in new["judges"]}
+    merged["judges"] = new["judges"] + [j for j in old.get("judges", []) if j["label"] not in labels]
+    return merged
+
+
 __all__ = [
     "MANIFEST_NAME",
     "SCHEMA",
+    "build_manifest",
     "check_resumable",
     "command_line",
     "fingerprint_dir",
     "identity_differences",
+    "merge_manifest",
     "model_revision",
     "now_iso",
     "read_manifest",
+    "recorded_order",
     "sha256_json",
     "versions",
+    "with_order",
     "write_manifest",
 ]

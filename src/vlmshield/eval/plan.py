@@ -30,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from vlmshield.errors import ModelLoadError, UserInputError
+from vlmshield.eval.scale import ScaleOptions
+from vlmshield.eval.selection import (
+    BenchmarkRequest,
+    BenchmarkSelection,
+    load_selection,
+    parse_benchmark_arg,
+    select_samples,
+    split_commas,
+)
 
 #: Defenses compared when none are requested.
 DEFAULT_DEFENSES: tuple[str, ...] = ("none", "coca", "ecso", "cmrm:level=sample")
@@ -48,7 +57,9 @@ class EvalConfig:
     ``output_dir`` None -> ``runs/<model>__<benchmarks>__<hash of the settings>``, so the same
     command always resumes into the same folder. ``skip_bad``: go on without a benchmark file that
     cannot be read (its samples are counted as lost) instead of stopping; bad rows are always skipped
-    and counted.
+    and counted. ``scale``: batch order, placement over GPUs and endpoint limits
+    (:class:`~vlmshield.eval.scale.ScaleOptions`; docs/scale.md). ``model`` may be ``openai:MODEL`` (with
+    ``scale.base_url``) or ``openai:URL#MODEL``: a remote OpenAI-compatible engine.
     """
 
     model: str = DEFAULT_MODEL
@@ -68,6 +79,7 @@ class EvalConfig:
     skip_bad: bool = False
     bootstrap_resamples: int = 1000
     command: str | None = None
+    scale: ScaleOptions = field(default_factory=ScaleOptions)
 
     def check(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -80,172 +92,7 @@ class EvalConfig:
             raise UserInputError(f"bootstrap resamples must be >= 1, got {self.bootstrap_resamples}")
         if not self.benchmarks:
             raise UserInputError("no benchmark given; use e.g. --benchmark mini")
-
-
-# --------------------------------------------------------------------------------------- benchmarks
-
-
-@dataclass(frozen=True)
-class BenchmarkRequest:
-    """One ``NAME[:VARIANT][@PATH]`` argument."""
-
-    name: str
-    variant: str | None = None
-    path: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.variant}" if self.variant else self.name
-
-
-def parse_benchmark_arg(text: str, default_variant: str | None = None) -> BenchmarkRequest:
-    """Parse ``NAME[:VARIANT][@PATH]``.
-
-    Example:
-        >>> parse_benchmark_arg("figstep:tiny@data/figstep")
-        BenchmarkRequest(name='figstep', variant='tiny', path='data/figstep')
-    """
-    text = text.strip()
-    spec, at, path = text.partition("@")
-    name, _, variant = spec.partition(":")
-    name, variant, path = name.strip(), variant.strip(), path.strip()
-    if not name:
-        raise UserInputError(f"bad benchmark {text!r}; write NAME[:VARIANT][@PATH], e.g. mini:text")
-    if at and not path:
-        raise UserInputError(f"benchmark {text!r}: nothing after '@'; write NAME@PATH")
-    return BenchmarkRequest(name, variant or default_variant, path or None)
-
-
-def split_commas(values: Sequence[str]) -> list[str]:
-    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (empty parts dropped)."""
-    return [part.strip() for v in values for part in v.split(",") if part.strip()]
-
-
-@dataclass
-class BenchmarkSelection:
-    """A loaded benchmark and the samples chosen from it."""
-
-    request: BenchmarkRequest
-    benchmark: Any  # vlmshield.benchmarks.Benchmark
-    samples: list[Any]  # list[Sample]
-    total: int
-    checksum: str
-    selection_checksum: str
-    problems: list[str]
-    variant: str | None
-    lost: dict[str, int] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def samples_lost(self) -> int:
-        """Samples lost while loading (bad rows, missing images, unreadable files: a lower bound)."""
-        return sum(self.lost.values())
-
-    def notes(self) -> list[str]:
-        """One-line notes for the console: warnings, and the samples lost per file (``N+`` where a file
-        could not be read: the entries after the break cannot be counted)."""
-        label = self.request.label
-        out = [f"warning: {label}: {w}" for w in self.warnings]
-        if self.lost:
-            parts = []
-            for file, n in list(self.lost.items())[:5]:
-                skipped = file in self.unreadable
-                parts.append(f"{Path(file).name} {n}{'+ (cannot be read, skipped)' if skipped else ''}")
-            if len(self.lost) > 5:
-                parts.append(f"and {len(self.lost) - 5} more files")
-            total = f"{self.samples_lost}{'+' if self.unreadable else ''}"
-            first = f"; first problem: {self.problems[0]}" if self.problems else ""
-            out.append(f"note: {label}: {total} samples lost: {', '.join(parts)}{first}")
-        elif self.problems:
-            out.append(f"note: {label}: {len(self.problems)} problems (first: {self.problems[0]})")
-        return out
-
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "name": self.request.name,
-            "variant": self.variant,
-            "path": str(Path(self.request.path).expanduser().resolve()) if self.request.path else None,
-            "checksum": self.checksum,
-            "selection_checksum": self.selection_checksum,
-            "total_samples": self.total,
-            "selected_samples": len(self.samples),
-            "problems": len(self.problems),
-            "samples_lost": self.samples_lost,
-            "lost_by_file": {_absolute(f): n for f, n in self.lost.items()},
-            "unreadable_files": [_absolute(f) for f in self.unreadable],
-            "first_problem": self.problems[0] if self.problems else None,
-            "warnings": list(self.warnings),
-        }
-
-
-def _absolute(file: str) -> str:
-    """A local file path made absolute (the manifest must not depend on the working folder)."""
-    return file if "://" in file else str(Path(file).expanduser().resolve())
-
-
-def _rank_key(seed: int, sample_id: str) -> str:
-    return hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()
-
-
-def select_samples(
-    samples: Sequence[Any], limit: int | None, seed: int, *, stratify: bool = True
-) -> list[Any]:
-    """The ``limit`` samples an evaluation with ``seed`` uses (all of them when ``limit`` is None).
-
-    A seeded shuffle (by ``sha256(seed:id)``) within each label, ``limit`` shared between labels in
-    proportion to their counts (largest remainders; ``stratify=False`` shuffles all together), and
-    the result in the original order.
-
-    Example:
-        >>> from vlmshield.benchmarks import load_benchmark
-        >>> s = load_benchmark("mini:text").samples
-        >>> a = select_samples(s, 6, seed=1)
-        >>> a == select_samples(s, 6, seed=1), a == select_samples(s, 6, seed=2)
-        (True, False)
-    """
-    if limit is None or limit >= len(samples):
-        return list(samples)
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(s.label if stratify else "", []).append(i)
-    total = len(samples)
-    quotas = {k: limit * len(v) / total for k, v in groups.items()}
-    take = {k: int(q) for k, q in quotas.items()}
-    rest = limit - sum(take.values())
-    for k in sorted(groups, key=lambda k: (-(quotas[k] - take[k]), k))[:rest]:
-        take[k] += 1
-    chosen: list[int] = []
-    for k, idxs in groups.items():
-        ranked = sorted(idxs, key=lambda i: _rank_key(seed, samples[i].id))
-        chosen.extend(ranked[: take[k]])
-    return [samples[i] for i in sorted(chosen)]
-
-
-def load_selection(
-    req: BenchmarkRequest, limit: int | None, seed: int, *, skip_bad: bool = False
-) -> BenchmarkSelection:
-    """Load ``req`` (bad rows skipped and counted; an unreadable file is an error unless ``skip_bad``)
-    and select its samples."""
-    from vlmshield.benchmarks import get_benchmark
-    from vlmshield.benchmarks.base import checksum_samples
-
-    bench = get_benchmark(req.name)
-    data = bench.load(req.path, variant=req.variant, on_error="skip" if skip_bad else "skip_rows")
-    chosen = select_samples(data.samples, limit, seed)
-    return BenchmarkSelection(
-        request=req,
-        benchmark=bench,
-        samples=chosen,
-        total=len(data.samples),
-        checksum=data.checksum,
-        selection_checksum=checksum_samples(chosen),
-        problems=list(data.problems),
-        variant=data.variant,
-        lost=dict(data.lost),
-        unreadable=list(data.unreadable),
-        warnings=list(data.warnings),
-    )
+        self.scale.check()
 
 
 # ----------------------------------------------------------------------------------------- defenses
@@ -385,10 +232,12 @@ class EvalPlan:
     samples: list[Any]  # ordered list[Sample] over all benchmarks
     sample_benchmark: dict[str, BenchmarkSelection]
 
-    def batches(self) -> list[list[Any]]:
-        """Fixed chunks of the ordered samples: the same on every run and every resume."""
-        b = self.config.batch_size
-        return [self.samples[i : i + b] for i in range(0, len(self.samples), b)]
+    def batches(self, order: str = "dataset") -> list[list[Any]]:
+        """Fixed chunks of the samples in ``order`` (``dataset`` or ``length``, see
+        :mod:`vlmshield.eval.shards`): the same on every run, resume and number of ranks."""
+        from vlmshield.eval.shards import make_batches
+
+        return make_batches(self.samples, self.config.batch_size, order)
 
     def sample_ids_sha256(self) -> str:
         return hashlib.sha256("\n".join(s.id for s in self.samples).encode()).hexdigest()
@@ -411,6 +260,7 @@ def settings_key(config: EvalConfig) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "max_new_tokens": config.max_new_tokens,
         "dtype": config.dtype,
+        **({"order": config.scale.order} if config.scale.order else {}),
     }
 
 
@@ -440,7 +290,19 @@ def build_plan(config: EvalConfig) -> EvalPlan:
         raise UserInputError("a benchmark is given twice; drop one")
     defenses = resolve_defenses(config.defenses, config.model)
     judges = resolve_judges(config.judges)
-    check_model_name(config.model)
+    from vlmshield.backends.remote_model import is_remote_model, parse_remote_model
+
+    if is_remote_model(config.model):
+        from vlmshield.eval.scale import check_remote_defenses
+
+        parse_remote_model(config.model, config.scale.base_url)  # an endpoint is named
+        check_remote_defenses(config.model, defenses)
+    else:
+        if config.scale.base_url:
+            raise UserInputError(
+                f"--base-url is for a remote model (--model openai:MODEL), not {config.model}"
+            )
+        check_model_name(config.model)
     selections = [
         load_selection(req, config.limit, config.seed, skip_bad=config.skip_bad) for req in requests
     ]
@@ -470,6 +332,7 @@ __all__ = [
     "EvalConfig",
     "EvalPlan",
     "JudgeEntry",
+    "ScaleOptions",
     "build_plan",
     "check_model_name",
     "default_defenses",

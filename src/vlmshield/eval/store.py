@@ -355,6 +355,29 @@ class RunStore:
         ).fetchall()
         return gens, [tuple(r) for r in v]
 
+    # ------------------------------------------------------------------ merging (per-rank part files)
+    def raw_rows(self, table: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and every row of ``generations`` or ``verdicts`` as stored (JSON undecoded)."""
+        if table not in ("generations", "verdicts"):
+            raise ValueError(f"no table {table!r} to copy")
+        cur = self.con.execute(f"SELECT * FROM {table} ORDER BY rowid")
+        return [c[0] for c in cur.description], [tuple(r) for r in cur.fetchall()]
+
+    def insert_raw(
+        self, con: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        """Insert rows read by :meth:`raw_rows` inside the caller's :meth:`transaction`; a row whose key
+        is already present is skipped (it is the same row). Returns how many were inserted."""
+        if table not in ("generations", "verdicts"):
+            raise ValueError(f"no table {table!r} to copy into")
+        if not rows:
+            return 0
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        before = con.total_changes
+        con.executemany(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", rows)
+        return int(con.total_changes - before)
+
     def counts(self) -> dict[str, int]:
         q = self.con.execute
         return {

@@ -93,6 +93,8 @@ def load_vlm(
     device: str | None = "auto",
     dtype: str | torch.dtype | None = "auto",
     device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | None = None,
     revision: str | None = None,
     layers_path: str | None = None,
     max_images: int | None = None,
@@ -105,6 +107,9 @@ def load_vlm(
         device: ``"auto"`` (GPU if any), ``"cpu"``, ``"cuda"``, ``"cuda:1"``... Ignored with ``device_map``.
         dtype: ``"auto"`` (bf16/fp16 on GPU, fp32 on CPU) or a dtype name.
         device_map: e.g. ``"auto"`` to shard a model larger than one GPU (needs accelerate).
+        max_memory: with ``device_map``, the most each device may hold (``{0: "20GiB", "cpu": "64GiB"}``);
+            devices left out are not used.
+        offload_folder: with ``device_map``, where weights placed on ``"disk"`` go.
         revision: hub revision (branch, tag or commit).
         layers_path: attribute path of the language model's decoder layers, for architectures the
             family table does not know (e.g. ``"model.language_model.layers"``).
@@ -134,8 +139,14 @@ def load_vlm(
         _check_supported(model_type)
 
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev if device_map is None else "cuda")
+    sharded_on = "cuda" if torch.cuda.is_available() else "cpu"  # a device map without GPUs stays on CPU
+    torch_dtype = resolve_dtype(dtype, dev if device_map is None else sharded_on)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    placement: dict[str, Any] = {}
+    if device_map is not None and max_memory is not None:
+        placement["max_memory"] = max_memory
+    if device_map is not None and offload_folder is not None:
+        placement["offload_folder"] = offload_folder
     try:
         if not isinstance(source, Path):
             from transformers import AutoConfig
@@ -146,7 +157,7 @@ def load_vlm(
             str(source), **kwargs, **({"backend": backend} if backend else {})
         )
         model = AutoModelForImageTextToText.from_pretrained(
-            str(source), dtype=torch_dtype, device_map=device_map, **kwargs
+            str(source), dtype=torch_dtype, device_map=device_map, **placement, **kwargs
         )
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
