@@ -5,16 +5,26 @@ in ``_file`` is read as UTF-8 text and passed on without the suffix (``principle
 ``principle=<contents>``), or the whole spec can be a JSON file: ``@spec.json`` holding
 ``{"name": "coca", "alpha": 1.5, "principle": "..."}``.
 
+Compositions join parts with ``+``, each part in this same syntax (``cmrm:level=sample+coca:alpha=1``,
+``guard:model=M+@ecso.json``); see :mod:`vlmshield.defenses.compose`. A ``+`` starts a new part only
+where a defense name (followed by ``:``, ``+`` or the end) or an ``@file`` follows it, so values such
+as ``vectors=/runs/a+b/v.safetensors`` keep their ``+``; a value that does contain ``+name:`` goes in
+a file. The composition's name is its parts' names joined by ``+``; its only argument is ``parts``.
+
 Example:
     >>> parse_defense_spec("coca:alpha=1.5,position=system")
     ('coca', {'alpha': '1.5', 'position': 'system'})
     >>> parse_defense_spec("none")
     ('none', {})
+    >>> parse_defense_spec("cmrm:level=sample,alpha=0.5+coca:alpha=1")
+    ('cmrm+coca', {'parts': ['cmrm:level=sample,alpha=0.5', 'coca:alpha=1']})
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +41,53 @@ def _read_text(path: str, key: str) -> str:
         raise UserInputError(f"{key}: cannot read {path} as UTF-8 text ({e})") from None
 
 
+_PART_START = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(:|\+|$)")
+
+
+def _starts_part(rest: str, known: list[str]) -> bool:
+    """Whether the text after a ``+`` starts a new part (see the module docstring)."""
+    if rest.lstrip().startswith("@"):
+        return True
+    m = _PART_START.match(rest)
+    if not m:
+        return False
+    name, follow = m.group(1), m.group(2)
+    if name in known or follow == ":":
+        return True
+    return bool(difflib.get_close_matches(name, known, n=1, cutoff=0.75))  # a typo gets "did you mean"
+
+
+def split_composition(spec: str) -> list[str]:
+    """The parts of a ``+``-joined spec (one part when it is not a composition).
+
+    Example:
+        >>> split_composition("guard:model=/m/a+b+ecso")
+        ['guard:model=/m/a+b', 'ecso']
+    """
+    from vlmshield.defenses.registry import DEFENSES
+
+    known = DEFENSES.names()
+    parts, start = [], 0
+    for i, ch in enumerate(spec):
+        if ch == "+" and _starts_part(spec[i + 1 :], known):
+            parts.append(spec[start:i])
+            start = i + 1
+    parts.append(spec[start:])
+    parts = [p.strip() for p in parts]
+    if len(parts) > 1 and any(not p for p in parts):
+        raise UserInputError(f"empty part in the composition {spec!r}; write part+part, e.g. adashield+coca")
+    return parts
+
+
 def parse_defense_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split a defense spec into its name and keyword arguments (``*_file`` keys resolved)."""
     spec = spec.strip()
     if not spec:
         raise UserInputError("empty defense spec; use e.g. 'coca:alpha=1.5' or 'none'")
+    parts = split_composition(spec)
+    if len(parts) > 1:
+        names = [_part_name(p) for p in parts]
+        return "+".join(names), {"parts": parts}
     if spec.startswith("@"):
         path = spec[1:]
         try:
@@ -60,6 +112,17 @@ def parse_defense_spec(spec: str) -> tuple[str, dict[str, Any]]:
                 raise UserInputError(f"defense argument {key!r} given twice in {spec!r}")
             args[key] = value.strip()
     return name.strip(), _resolve_files(args)
+
+
+def _part_name(part: str) -> str:
+    if part.startswith("@"):
+        return parse_defense_spec(part)[0]
+    return part.partition(":")[0].strip()
+
+
+def resolve_file_args(args: dict[str, Any]) -> dict[str, Any]:
+    """``key_file=PATH`` arguments replaced by ``key=<contents of PATH>``."""
+    return _resolve_files(args)
 
 
 def _resolve_files(args: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,9 @@
   judge);
 - ``agreement``: Cohen's kappa between judges on the ``unsafe`` decision (when several judges ran);
 - run facts: ``model``, ``benchmarks`` (with the samples lost while loading, per file), ``judge``,
-  ``judges``, ``samples``, ``complete``.
+  ``judges``, ``samples``, ``complete``;
+- ``padding``: how much of the baseline's batches was padding (prompt positions, decoding steps, and
+  the prompt waste the evaluation order would have had), ``None`` for a remote model.
 
 :func:`write_report` writes ``report.md`` (its reproduce line names data by the absolute paths the
 manifest records), ``tradeoff.png`` and ``per_category.png`` (:mod:`vlmshield.eval.plots`).
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmshield.errors import UserInputError
-from vlmshield.eval import metrics
+from vlmshield.eval import detection, metrics
 from vlmshield.eval.manifest import MANIFEST_NAME, read_manifest
 from vlmshield.eval.plots import plot_per_category, plot_tradeoff
 from vlmshield.eval.store import DB_NAME, RunStore
@@ -154,6 +156,9 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
             for j, s in per_judge.items()
         }
         entry["generated"] = sum(1 for g in gens if g["defense"] == d)
+        detected = detection.detection_summary(samples, gens, d)  # defenses that score inputs
+        if detected is not None:
+            entry["detection"] = detected
         out_def[d] = entry
 
     agreement: list[dict[str, Any]] = []
@@ -165,6 +170,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
 
     total = len(samples) * len(defenses)
     return {
+        **_padding(manifest, gens),
         "run_dir": str(Path(run_dir)),
         "model": manifest.get("model", {}),
         "benchmarks": manifest.get("benchmarks", []),
@@ -181,6 +187,18 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
         "defenses": out_def,
         "agreement": agreement,
     }
+
+
+def _padding(manifest: Mapping[str, Any], gens: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``padding``: the baseline's padding waste (:func:`~vlmshield.eval.metrics.batch_padding`), with
+    the batch order; ``None`` for a remote model (the engine batches requests as it likes)."""
+    gen = manifest.get("generation", {})
+    if manifest.get("model", {}).get("device") == "remote":
+        return {"padding": None}
+    pad = metrics.batch_padding([g for g in gens if g["defense"] == "none"], int(gen.get("batch_size") or 1))
+    if pad is not None:
+        pad = {"defense": "none", "order": gen.get("order", "dataset"), **pad}
+    return {"padding": pad}
 
 
 # ------------------------------------------------------------------------------------------ markdown
@@ -268,6 +286,7 @@ def render_markdown(summary: Mapping[str, Any], manifest: Mapping[str, Any], plo
         f"- generation: greedy, max {manifest.get('generation', {}).get('max_new_tokens')} new tokens, "
         f"batch size {manifest.get('generation', {}).get('batch_size')}; seed {manifest.get('seeds', {}).get('seed')}",
         f"- intervals: 95% percentile bootstrap, {summary['bootstrap']['resamples']} resamples",
+        *_padding_line(summary.get("padding")),
         f"- complete: {'yes' if summary['complete'] else 'no'} ({summary['generations']}/{summary['expected_generations']} generations)",
         "",
         "## Summary",
@@ -286,6 +305,7 @@ def render_markdown(summary: Mapping[str, Any], manifest: Mapping[str, Any], plo
         lines += ["### Change in unsafe rate vs. `none` (paired bootstrap)", ""]
         lines += [f"- `{k}`: {_signed(v['rate'])}{_ci(v['ci'])} over {v['n']} samples" for k, v in deltas]
         lines.append("")
+    lines += _detection_section(summary["defenses"])
     cats = sorted({c for d in summary["defenses"].values() for c in d["per_category"]})
     if cats:
         names = list(summary["defenses"])
@@ -325,6 +345,39 @@ def render_markdown(summary: Mapping[str, Any], manifest: Mapping[str, Any], plo
         "",
     ]
     return "\n".join(lines)
+
+
+def _detection_section(defenses: Mapping[str, Any]) -> list[str]:
+    """``## Detection``: AUROC of the defenses that score their inputs (see :mod:`vlmshield.eval.detection`)."""
+    rows = [["defense", "AUROC", "harmful / benign scored", "flagged harmful", "flagged benign"]]
+    for name, d in defenses.items():
+        det = d.get("detection")
+        if det:
+            rows.append(
+                [
+                    name,
+                    _num(det["auroc"], "{:.3f}"),
+                    f"{det['harmful']} / {det['benign']}",
+                    str(det["flagged_harmful"]),
+                    str(det["flagged_benign"]),
+                ]
+            )
+    if len(rows) == 1:
+        return []
+    return ["## Detection (AUROC of the input scores against the samples' labels)", "", _md_table(rows), ""]
+
+
+def _padding_line(pad: Mapping[str, Any] | None) -> list[str]:
+    if not pad or pad["prompt"]["waste"] is None:
+        return []
+    other = pad.get("prompt_in_dataset_order")
+    versus = (
+        f" (in dataset order: {_pct(other)})" if pad.get("order") == "length" and other is not None else ""
+    )
+    return [
+        f"- padding (`{pad['defense']}`, batches in {pad.get('order')} order): {_pct(pad['prompt']['waste'])} "
+        f"of prompt positions{versus}, {_pct(pad['decode']['waste'])} of decoding steps"
+    ]
 
 
 def _loading_section(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
