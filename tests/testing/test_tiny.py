@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from vlmshield.errors import UnknownNameError
-from vlmshield.testing import BUILDER_VERSION, FAMILIES, build_tiny_checkpoint, tiny_checkpoint
 from vlmshield.models.families import FAMILIES as ROWS
+from vlmshield.testing import BUILDER_VERSION, FAMILIES, build_tiny_checkpoint, tiny_checkpoint
 from vlmshield.testing.families import SPECS
 
 # The placeholder token each family's processor repeats once per image feature (from the family table).

@@ -37,7 +37,7 @@ def _register_commands() -> None:
     generate.register(app)
     listing.register(app)
     tiny.register(app)
-    for optional in ("calibrate", "ecso_data", "eval", "report", "serve"):
+    for optional in ("calibrate", "doctor", "ecso_data", "eval", "report", "serve"):
         try:
             module = __import__(f"vlmshield.cli.{optional}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -73,6 +73,8 @@ class VLM:
         self.max_images = max_images if max_images is not None else family.max_images
         tok = self.tokenizer
         tok.padding_side = "left"
+        if not getattr(processor, "chat_template", None) and getattr(tok, "chat_template", None):
+            processor.chat_template = tok.chat_template  # processors that load it only on the tokenizer
         gen: Any = self.model.generation_config
         self.eos_token_ids: list[int] = _as_list(gen.eos_token_id) or _as_list(tok.eos_token_id)
         pad = gen.pad_token_id if gen.pad_token_id is not None else tok.pad_token_id

@@ -98,6 +98,8 @@ def make_recipe(spec: FamilySpec) -> Recipe:
     tok = build_tokenizer(spec.tokenizer)
     processor_kwargs = {**spec.processor.kwargs, "chat_template": spec.chat_template}
     processor = resolve(C(spec.processor.cls, processor_kwargs), tok)
+    if getattr(processor, "chat_template", None) != spec.chat_template:
+        processor.chat_template = spec.chat_template  # a processor that drops the argument (BLIP-2)
     return Recipe(
         processor=processor,
         model_class=_class(spec.model_class),

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from vlmshield.errors import UnknownNameError
 from vlmshield.registry import suggest
+from vlmshield.testing._spec import FamilySpec
 from vlmshield.testing.families import SPECS
 
 #: transformers ``model_type`` of every family that has a tiny checkpoint.
@@ -89,7 +90,7 @@ def _generation_extra(family: str, generation: GenerationPreset) -> dict[str, An
     raise UnknownNameError(f"generation must be 'plain', 'family' or a mapping, not {generation!r}")
 
 
-def _set_num_layers(config: Any, num_layers: int, family: str) -> None:
+def _set_num_layers(config: Any, num_layers: int, spec: FamilySpec) -> None:
     """Give the language model ``num_layers`` decoder layers.
 
     Per-layer lists (``layer_types`` and the family's ``layer_lists``) repeat cyclically; lists of
@@ -97,7 +98,6 @@ def _set_num_layers(config: Any, num_layers: int, family: str) -> None:
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    spec = SPECS[family]
     text = config.get_text_config()
     old = int(text.num_hidden_layers)
     for name in ("layer_types", *spec.layer_lists):
@@ -138,15 +138,39 @@ def build_tiny_checkpoint(
         UnknownNameError: ``family`` is not one of :data:`FAMILIES`.
     """
     _check_family(family)
+    return build_from_spec(
+        SPECS[family], out_dir, seed, num_layers=num_layers, generation=_generation_extra(family, generation)
+    )
+
+
+def build_from_spec(
+    spec: FamilySpec,
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    num_layers: int | None = None,
+    generation: Mapping[str, Any] | None = None,
+) -> Path:
+    """Build a tiny checkpoint from a family spec, registered or not (e.g. one a test writes to try
+        an architecture vlmshield does not know).
+
+        ``generation`` holds extra ``generation_config`` values. See :func:`build_tiny_checkpoint`.
+
+        Example:
+            >>> from dataclasses import replace
+            >>> from vlmshield.testing._spec import FamilySpec
+    from vlmshield.testing.families import SPECS
+            >>> spec = replace(SPECS["llava"], chat_template="{{ messages[0]['content'][0]['text'] }}")
+            >>> path = build_from_spec(spec, "out/plain-template-llava")  # doctest: +SKIP
+    """
     import torch
     from transformers import GenerationConfig
 
     from vlmshield.testing._build import make_recipe, quiet_token_ids
 
-    recipe = make_recipe(SPECS[family])
+    recipe = make_recipe(spec)
     if num_layers is not None:
-        _set_num_layers(recipe.config, num_layers, family)
-    extra = _generation_extra(family, generation)
+        _set_num_layers(recipe.config, num_layers, spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -157,12 +181,12 @@ def build_tiny_checkpoint(
     model.eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            for suffix, value in SPECS[family].init.items():
+            for suffix, value in spec.init.items():
                 if name.endswith(suffix):
                     param.fill_(value)
         rows = torch.tensor(quiet_token_ids(recipe.processor.tokenizer), dtype=torch.long)
         model.get_output_embeddings().weight[rows] *= _QUIET_SCALE
-    model.generation_config = GenerationConfig(**{**recipe.generation, **extra})
+    model.generation_config = GenerationConfig(**{**recipe.generation, **(generation or {})})
 
     with _quiet_transformers():
         model.save_pretrained(out)
