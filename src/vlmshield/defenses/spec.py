@@ -46,8 +46,8 @@ _PART_START = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(:|\+|$)")
 
 def _starts_part(rest: str, known: list[str]) -> bool:
     """Whether the text after a ``+`` starts a new part (see the module docstring)."""
-    if rest.lstrip().startswith("@"):
-        return True
+    if rest.lstrip().startswith(("@", "+")) or not rest.strip():
+        return True  # a file part, or an empty part (refused with a message)
     m = _PART_START.match(rest)
     if not m:
         return False
