@@ -13,6 +13,7 @@ from PIL import Image
 
 from vlmshield.errors import UserInputError
 from vlmshield.eval import EvalConfig, RunStore, build_plan, run_eval, summarize_run, write_report
+from vlmshield.eval.steps import prompt_lengths
 from vlmshield.models import VLM
 
 
@@ -47,8 +48,11 @@ def test_every_defense_same_samples_same_order(run: dict[str, Any]) -> None:
         verdicts = store.verdicts()
     defenses = ["none", "coca", "ecso", "cmrm"]
     assert list(dict.fromkeys(g["defense"] for g in gens)) == defenses  # batch by batch, none first
-    # batches are fixed chunks of the samples sorted by prompt length (the default order of a new run)
-    run_order = [s.id for batch in plan.batches("length") for s in batch]
+    # batches are fixed chunks of the samples sorted by prompt tokens (the default order of a new run)
+    lengths = prompt_lengths(run["vlm"], plan.samples)
+    assert lengths is not None and len(lengths) == len(order) - 1  # the two-image sample cannot be encoded
+    run_order = [s.id for batch in plan.batches("length", lengths) for s in batch]
+    assert run_order[-1] == "jsonl/fixture/two-images"
     assert sorted(run_order) == sorted(order) and run_order != order
     for d in defenses:
         assert [g["sample_id"] for g in gens if g["defense"] == d] == run_order  # insertion order

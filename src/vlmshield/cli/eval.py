@@ -1,9 +1,14 @@
 """``vlmshield eval``: compare defenses on benchmarks (resumable), then print the summary and report path.
 
+Data parallel: start the same command on every rank with ``torchrun`` or ``accelerate launch``; a
+remote engine: ``--model openai:MODEL --base-url URL``. See docs/evaluation.md and docs/scale.md.
+
 Example:
     $ vlmshield eval --model ckpt/tiny-llava --benchmark mini --limit 16
     $ vlmshield eval -m llava-hf/llava-1.5-7b-hf --tasks mini,figstep@data/figstep \\
         --defense coca:alpha=1.5 --defense ecso --judge keyword --output-dir runs/llava
+    $ torchrun --nproc-per-node 8 $(which vlmshield) eval -m llava-hf/llava-1.5-7b-hf -o runs/llava
+    $ vlmshield eval -m openai:llava --base-url http://10.0.0.5:8000/v1 -d none -d ecso --concurrency 64
 """
 
 from __future__ import annotations
@@ -86,15 +91,82 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    order: str | None = typer.Option(
+        None,
+        "--order",
+        help="Batch order: length (prompts of similar length together: less padding; the default of a "
+        "new run) or dataset. A resumed run keeps its recorded order.",
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="Endpoint of --model openai:MODEL (default env VLMSHIELD_OPENAI_BASE_URL)."
+    ),
+    concurrency: int = typer.Option(
+        16, "--concurrency", min=1, help="Requests in flight to a remote model (total over the ranks)."
+    ),
+    rate_limit: float | None = typer.Option(
+        None, "--rate-limit", min=0.001, help="Requests per second to a remote model (total over the ranks)."
+    ),
+    judge_concurrency: int | None = typer.Option(
+        None,
+        "--judge-concurrency",
+        min=1,
+        help="Requests in flight per API judge (default 8; total over the ranks).",
+    ),
+    judge_rate_limit: float | None = typer.Option(
+        None,
+        "--judge-rate-limit",
+        min=0.001,
+        help="Requests per second per API judge (total over the ranks).",
+    ),
+    device_map: str | None = typer.Option(
+        None,
+        "--device-map",
+        help="Shard the model over GPUs: auto, balanced, balanced_low_0, sequential or a JSON file.",
+    ),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="With --device-map: SIZE per GPU, or N=SIZE,...,cpu=SIZE (e.g. 0=20GiB,cpu=64GiB).",
+    ),
+    gpus_per_rank: int | None = typer.Option(
+        None,
+        "--gpus-per-rank",
+        min=1,
+        help="GPUs of each data-parallel rank (local rank r uses GPUs r*K..r*K+K-1 through --device-map auto).",
+    ),
+    offload_folder: Path | None = typer.Option(
+        None, "--offload-folder", help="With --device-map: where weights placed on 'disk' go."
+    ),
+    dist_timeout: float = typer.Option(
+        10800.0, "--dist-timeout", min=1.0, help="Seconds a rank waits for the others before failing."
+    ),
 ) -> None:
     """Run every defense on the same samples in the same order, judge the answers, write a report.
 
     Results go to an SQLite file in the run folder as they are produced; re-running the same command
     resumes where it stopped. See docs/evaluation.md.
     """
+    from vlmshield.errors import VlmshieldError
+    from vlmshield.eval.distributed import RankFailed, launched_rank
     from vlmshield.eval.plan import EvalConfig
     from vlmshield.eval.runner import run_eval
+    from vlmshield.eval.scale import scale_options
 
+    if order is not None and order not in ("length", "dataset"):
+        raise typer.BadParameter(f"{order!r} is not one of length, dataset", param_hint="--order")
+    scale = scale_options(
+        order=order,
+        base_url=base_url,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        judge_concurrency=judge_concurrency,
+        judge_rate_limit=judge_rate_limit,
+        device_map=device_map,
+        max_memory=max_memory,
+        gpus_per_rank=gpus_per_rank,
+        offload_folder=str(offload_folder) if offload_folder else None,
+        dist_timeout_s=dist_timeout,
+    )
     config = EvalConfig(
         model=model,
         benchmarks=list(benchmark),
@@ -111,6 +183,7 @@ def eval_cmd(
         revision=revision,
         retry_errors=retry_errors,
         skip_bad=skip_bad,
+        scale=scale,
         command=_command(
             model=model,
             benchmark=list(benchmark),
@@ -126,9 +199,22 @@ def eval_cmd(
             skip_bad=skip_bad,
             device=device,
             dtype=dtype,
+            order=order,
+            base_url=base_url,
+            device_map=device_map,
+            max_memory=max_memory,
+            gpus_per_rank=gpus_per_rank,
         ),
     )
-    result = run_eval(config, progress=not no_progress and not as_json)
+    rank = launched_rank()
+    try:
+        result = run_eval(config, progress=not no_progress and not as_json)
+    except VlmshieldError as e:
+        if rank != 0 and not isinstance(e, RankFailed):
+            raise SystemExit(2) from None  # the same error: rank 0 prints it once for the run
+        raise
+    if rank != 0:
+        return  # rank 0 prints the summary of the whole run
     if as_json:
         print_json({**result.summary, "report": str(result.report_path) if result.report_path else None})
         return

@@ -130,6 +130,11 @@ def launched_world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def launched_rank() -> int:
+    """``RANK`` as a launcher set it (0 without a launcher)."""
+    return _env_int("RANK", 0) if launched_world_size() > 1 else 0
+
+
 def context(timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
     """This process's :class:`DistContext`, joining the launcher's process group on first use.
 
@@ -197,6 +202,7 @@ __all__ = [
     "StoppedByMain",
     "context",
     "current",
+    "launched_rank",
     "launched_world_size",
     "release",
 ]

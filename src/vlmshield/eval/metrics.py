@@ -334,12 +334,59 @@ def judge_agreement(ratings: Mapping[str, Sequence[bool | None]]) -> list[dict[s
     return out
 
 
+def padding_waste(groups: Iterable[Sequence[int]]) -> dict[str, Any]:
+    """The share of a batched computation spent on padding: each group is the lengths of rows that ran
+    together, padded to the longest. ``waste = 1 - sum(lengths) / sum(len(group) * max(group))``.
+
+    Example:
+        >>> padding_waste([[10, 10], [4, 8]])["waste"]
+        0.1428571428571429
+    """
+    used = padded = n = 0
+    for g in groups:
+        lengths = [int(x) for x in g]
+        if not lengths:
+            continue
+        used += sum(lengths)
+        padded += max(lengths) * len(lengths)
+        n += 1
+    return {
+        "waste": (1 - used / padded) if padded else None,
+        "tokens": used,
+        "padded_tokens": padded,
+        "batches": n,
+    }
+
+
+def batch_padding(rows: Sequence[Mapping[str, Any]], batch_size: int) -> dict[str, Any] | None:
+    """Padding of the baseline's batches from its generation rows (``idx``, ``batch``,
+    ``prompt_tokens``, ``new_tokens``; error rows left out): ``prompt`` (positions of the left-padded
+    prompts), ``decode`` (decoding steps of rows that had already stopped, while the batch's longest
+    answer went on) and ``prompt_in_dataset_order`` (the prompt waste the same samples would have had in
+    chunks of the evaluation order). ``None`` without rows."""
+    ok = [r for r in rows if r.get("error") is None and r.get("prompt_tokens") is not None]
+    if not ok:
+        return None
+    by_batch: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in ok:
+        by_batch.setdefault(r.get("batch"), []).append(r)
+    in_order = sorted(ok, key=lambda r: int(r["idx"]))
+    chunks = [in_order[i : i + batch_size] for i in range(0, len(in_order), batch_size)]
+    dataset = padding_waste([int(r["prompt_tokens"]) for r in c] for c in chunks)
+    return {
+        "prompt": padding_waste([int(r["prompt_tokens"]) for r in g] for g in by_batch.values()),
+        "decode": padding_waste([int(r.get("new_tokens") or 0) for r in g] for g in by_batch.values()),
+        "prompt_in_dataset_order": dataset["waste"],
+    }
+
+
 __all__ = [
     "DEFAULT_LEVEL",
     "DEFAULT_RESAMPLES",
     "WALL_TIME_METHOD",
     "ItemResult",
     "RateCI",
+    "batch_padding",
     "batch_wall_times",
     "bootstrap_ci",
     "cost_summary",
@@ -347,6 +394,7 @@ __all__ = [
     "judge_agreement",
     "normal_ci",
     "over_refusal_rate",
+    "padding_waste",
     "paired_difference_ci",
     "per_category",
     "rate_ci",

@@ -232,12 +232,13 @@ class EvalPlan:
     samples: list[Any]  # ordered list[Sample] over all benchmarks
     sample_benchmark: dict[str, BenchmarkSelection]
 
-    def batches(self, order: str = "dataset") -> list[list[Any]]:
-        """Fixed chunks of the samples in ``order`` (``dataset`` or ``length``, see
-        :mod:`vlmshield.eval.shards`): the same on every run, resume and number of ranks."""
+    def batches(self, order: str = "dataset", lengths: Mapping[str, int] | None = None) -> list[list[Any]]:
+        """Fixed chunks of the samples in ``order`` (``dataset`` or ``length``; ``lengths``: prompt
+        tokens per sample id, see :mod:`vlmshield.eval.shards`): the same on every run, resume and
+        number of ranks."""
         from vlmshield.eval.shards import make_batches
 
-        return make_batches(self.samples, self.config.batch_size, order)
+        return make_batches(self.samples, self.config.batch_size, order, lengths)
 
     def sample_ids_sha256(self) -> str:
         return hashlib.sha256("\n".join(s.id for s in self.samples).encode()).hexdigest()

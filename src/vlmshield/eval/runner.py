@@ -297,7 +297,7 @@ def _locked_run(
         if not ctx.is_main:
             raise
         load_error = e  # reported to every rank by the next step
-    batches = plan.batches(order)
+    batches: list[list[Any]] = []  # rank 0's; the other ranks get their units
     store: RunStore | None = None
     all_stats: list[dict[str, Any]] | None = None
     manifest: dict[str, Any] = {}
@@ -330,6 +330,11 @@ def _locked_run(
                 "ranks": ctx.world_size,
             }
         )
+        lengths = steps.prompt_lengths(vlm, plan.samples) if order == "length" else None
+        batches.extend(plan.batches(order, lengths))
+        manifest["generation"]["order_key"] = (
+            None if order != "length" else "prompt tokens" if lengths is not None else "images, characters"
+        )
         mf.write_manifest(out_dir, manifest)
         store = RunStore(out_dir / DB_NAME)
         return steps.prepare_store(plan, store, judges, batches, out_dir, say)
@@ -340,7 +345,7 @@ def _locked_run(
         own = RunStore(shards.part_path(out_dir, ctx.rank)) if ctx.distributed else store
         assert own is not None
         try:
-            stats = _generate(plan, vlm, own, judges, batches, mine, ctx, done_before, progress, console)
+            stats = _generate(plan, vlm, own, judges, mine, ctx, done_before, progress, console)
         finally:
             if own is not store:
                 own.close()
@@ -404,7 +409,6 @@ def _generate(
     vlm: Any,
     store: RunStore,
     judges: Sequence[tuple[str, Any]],
-    batches: Sequence[Sequence[Any]],
     units: Sequence[shards.Unit],
     ctx: distributed.DistContext,
     done_before: int,
@@ -426,7 +430,7 @@ def _generate(
     generated = errors = n_units = 0
     t0 = time.perf_counter()
     if units:
-        steps.warm_up(vlm, batches[units[0].batch], cfg.max_new_tokens)
+        steps.warm_up(vlm, [by_id[i] for i in units[0].sample_ids], cfg.max_new_tokens)
     if ctx.distributed:
         total, completed = sum(len(u.sample_ids) for u in units), 0
     else:

@@ -1,9 +1,10 @@
 """The units of work of a run, which rank does which, and the per-rank result files.
 
-- **Run order**: with ``order="length"`` the samples sorted by :func:`prompt_length_key` (number of
-  images, then characters of the query; ties keep the evaluation order), so a batch holds prompts of
-  similar length and little padding; with ``order="dataset"`` the evaluation order itself. The key
-  needs no model, so every rank (and a remote model) computes the same order.
+- **Run order**: with ``order="length"`` the samples sorted by prompt length (ties keep the
+  evaluation order), so a batch holds prompts of similar length and little padding: the prompt's
+  token count as the model's processor encodes it (images included) when rank 0 measured it, else
+  :func:`prompt_length_key` (number of images, then characters of the query; a remote model); with
+  ``order="dataset"`` the evaluation order itself.
 - **Batches**: fixed chunks of ``batch_size`` of the run order. Batch ``b`` is the same on every run,
   every resume and for any number of ranks, so the rows of a run do not depend on how many ranks made
   them (and a batch is answered by one model call whatever the placement).
@@ -48,19 +49,28 @@ def prompt_length_key(sample: Any) -> tuple[int, int]:
     return (len(sample.images), len(sample.query))
 
 
-def run_order(samples: Sequence[Any], order: str) -> list[Any]:
-    """``samples`` in the order their batches are made (``length`` or ``dataset``)."""
+def run_order(samples: Sequence[Any], order: str, lengths: Mapping[str, int] | None = None) -> list[Any]:
+    """``samples`` in the order their batches are made (``length`` or ``dataset``); ``lengths`` (sample
+    id -> prompt tokens) replaces :func:`prompt_length_key` for ``length``."""
     if order == "dataset":
         return list(samples)
     if order != "length":
         raise ValueError(f"unknown order {order!r}")
-    ranked = sorted(range(len(samples)), key=lambda i: (*prompt_length_key(samples[i]), i))
+    if lengths is not None:
+        ranked = sorted(range(len(samples)), key=lambda i: (lengths.get(samples[i].id, _LAST), i))
+    else:
+        ranked = sorted(range(len(samples)), key=lambda i: (*prompt_length_key(samples[i]), i))
     return [samples[i] for i in ranked]
 
 
-def make_batches(samples: Sequence[Any], batch_size: int, order: str) -> list[list[Any]]:
+_LAST = 1 << 62  # a sample whose prompt could not be encoded: it fails later, in the last batches
+
+
+def make_batches(
+    samples: Sequence[Any], batch_size: int, order: str, lengths: Mapping[str, int] | None = None
+) -> list[list[Any]]:
     """Fixed chunks of ``batch_size`` of :func:`run_order`."""
-    ordered = run_order(samples, order)
+    ordered = run_order(samples, order, lengths)
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 

@@ -118,6 +118,31 @@ def warm_up(vlm: Any, samples: Sequence[Any], max_new_tokens: int) -> None:
         vlm.generate([s.to_conversation() for s in samples], config)
 
 
+def prompt_lengths(vlm: Any, samples: Sequence[Any], chunk: int = 16) -> dict[str, int] | None:
+    """Prompt tokens of each sample as ``vlm``'s processor encodes it (chat template and image tokens
+    included), for the ``length`` order; ``None`` for a model without ``encode`` (a remote one). A
+    sample that cannot be encoded (an unreadable image, too many images) is left out: it goes last."""
+    encode = getattr(vlm, "encode", None)
+    if not callable(encode):
+        return None
+    out: dict[str, int] = {}
+
+    def measure(part: Sequence[Any]) -> None:
+        try:
+            mask = encode([s.to_conversation() for s in part])["attention_mask"]
+        except Exception:
+            if len(part) > 1:
+                for s in part:
+                    measure([s])
+            return
+        for s, n in zip(part, mask.sum(dim=1).tolist(), strict=True):
+            out[s.id] = int(n)
+
+    for i in range(0, len(samples), chunk):
+        measure(samples[i : i + chunk])
+    return out
+
+
 def placement(cfg: EvalConfig) -> Any:
     """Where this rank's copy of a local model goes (:func:`~vlmshield.eval.scale.placement_for_rank`)."""
     import torch
@@ -201,6 +226,7 @@ __all__ = [
     "model_facts",
     "placement",
     "prepare_store",
+    "prompt_lengths",
     "score_fn",
     "warm_up",
 ]
