@@ -143,7 +143,8 @@ def final_norm_and_head(vlm: VLM) -> tuple[nn.Module, nn.Module]:
     for module in vlm.model.modules():
         layers = getattr(module, "layers", None)
         if isinstance(layers, nn.ModuleList) and any(m is first for m in layers):
-            for name in ("norm", "final_layernorm", "ln_f", "final_norm"):
+            # LFM2 names its final norm (applied after the last layer) ``embedding_norm``
+            for name in ("norm", "final_layernorm", "ln_f", "final_norm", "embedding_norm"):
                 norm = getattr(module, name, None)
                 if isinstance(norm, nn.Module) and head is not None:
                     return norm, head
