@@ -2,9 +2,13 @@
 
 Requests ("jobs") are compatible when they ask the same deployment (model id), with the same
 per-request defense parameters and the same generation settings; compatible jobs run as one batched
-``generate`` call. The worker takes the oldest waiting job, waits at most ``batch_wait_s`` (counted
-from when that job arrived) for up to ``max_batch_size`` compatible jobs, and runs them. It is the
-only thread that touches the model, so a local model is never called from two threads at once.
+``generate`` call. The worker takes the oldest waiting job and gathers up to ``max_batch_size``
+compatible jobs: it runs them once no compatible job has arrived for ``batch_wait_s``, or once the
+oldest has waited ``max(batch_wait_s, min(1 s, 10% of the recent batch time))``, whichever comes
+first. A burst of requests (clients that all got their answers from one batch and send again) thus
+fills one batch instead of splitting into a small one and a large one, while a lone request waits
+only ``batch_wait_s``, and never more than a tenth of what its batch will take anyway. The worker is
+the only thread that touches the model, so a local model is never called from two threads at once.
 
 - The queue holds at most ``max_queue`` waiting jobs; :meth:`Batcher.submit` raises
   :class:`QueueFull` beyond it (the app answers 429 with ``Retry-After``).
@@ -36,6 +40,12 @@ from vlmshield.generation import GenerationConfig
 
 if TYPE_CHECKING:
     from vlmshield.serve.streaming import TextStream
+
+
+#: A batch waits for company at most this fraction of the recent batch duration ...
+GATHER_FRACTION = 0.1
+#: ... and never more than this many seconds (or ``batch_wait_s``, if that is longer).
+MAX_GATHER_S = 1.0
 
 
 class QueueFull(Exception):
@@ -249,11 +259,12 @@ class Batcher:
                         return None
                     self._cond.wait()
                 first = self._pending[0]
-                deadline = first.enqueued_at + self.batch_wait_s
+                gather = max(self.batch_wait_s, min(MAX_GATHER_S, GATHER_FRACTION * self._batch_s))
                 while not self._stopping and self._pending and self._pending[0] is first:
-                    same = sum(1 for j in self._pending if j.key == first.key)
+                    same = [j.enqueued_at for j in self._pending if j.key == first.key]
+                    deadline = min(first.enqueued_at + gather, max(same) + self.batch_wait_s)
                     remaining = deadline - time.monotonic()
-                    if same >= self.max_batch_size or remaining <= 0:
+                    if len(same) >= self.max_batch_size or remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 if not self._pending or self._pending[0] is not first:
