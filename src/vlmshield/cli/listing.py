@@ -50,8 +50,9 @@ def _names(kind: str) -> list[str]:
         ]
     if kind == "defenses":
         from vlmshield.defenses import DEFENSES
+        from vlmshield.defenses.info import describe_defenses
 
-        return DEFENSES.names()
+        return describe_defenses(DEFENSES.names())
     if kind == "benchmarks":
         return list(import_module("vlmshield.benchmarks").BENCHMARKS.names())
     return list(import_module("vlmshield.judges").JUDGES.names())

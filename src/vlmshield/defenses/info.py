@@ -64,7 +64,7 @@ DEFENSE_INFO: dict[str, DefenseInfo] = {
         "ECSO, Gou et al., arXiv 2403.09572",
         "pipeline",
         "answer + 1-token check; flagged rows +caption +text-only answer (~1.2x safe, ~3.5x flagged)",
-        "nothing (the model checks itself); works on an endpoint",
+        "nothing (the model checks itself)",
         local_only=False,
         derived_keys=("templates_sha256",),
     ),
@@ -105,4 +105,25 @@ def defense_info(name: str) -> DefenseInfo | None:
     return DEFENSE_INFO.get(name)
 
 
-__all__ = ["DEFENSE_INFO", "DefenseInfo", "Kind", "defense_info"]
+def describe_defenses(names: list[str]) -> list[str]:
+    """One line per defense for ``vlmshield list defenses``: name, type, paper, cost, needs.
+
+    Example:
+        >>> describe_defenses(["coca"])[0].split("  ")[0]
+        'coca'
+    """
+    width = max((len(n) for n in names), default=0)
+    lines = []
+    for n in names:
+        info = DEFENSE_INFO.get(n)
+        if info is None:
+            lines.append(n)
+            continue
+        endpoint = "" if info.local_only else "; works on an endpoint"
+        lines.append(
+            f"{n.ljust(width)}  [{info.kind}] {info.paper} | cost: {info.cost} | needs: {info.needs}{endpoint}"
+        )
+    return lines
+
+
+__all__ = ["DEFENSE_INFO", "DefenseInfo", "Kind", "defense_info", "describe_defenses"]
