@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 perf: $(STAMP)
-	for f in perf/*.py; do $(VENV)/bin/python $$f; done
+	for f in perf/[!_]*.py; do $(VENV)/bin/python $$f || exit 1; done
 
 lock:
 	uv pip compile pyproject.toml --extra dev --extra demo -c requirements/torch.txt $(LOCK_FLAGS) -o requirements/lock.txt
