@@ -47,3 +47,9 @@ def test_the_readme_table_lists_every_family():
         row = next((x for x in text.splitlines() if x.startswith(f"| `{name}` |")), None)
         assert row is not None, f"README has no row for {name}"
         assert info.display in row and ("supported" in row) == (info.status == "supported")
+
+
+def test_the_tiny_checkpoint_docs_list_every_family():
+    text = (README.parent / "docs" / "tiny_checkpoints.md").read_text(encoding="utf-8")
+    for name in FAMILIES:
+        assert f"| `{name}` |" in text, f"docs/tiny_checkpoints.md has no row for {name}"
