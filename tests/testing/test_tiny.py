@@ -252,3 +252,28 @@ def test_num_layers_and_family_generation_config_are_written(tmp_path: Path) -> 
     assert gen["repetition_penalty"] == 1.05
     plain = build_tiny_checkpoint("qwen2_vl", tmp_path / "p")
     assert "repetition_penalty" not in json.loads((plain / "generation_config.json").read_text())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_num_layers_and_family_generation_work_for_every_family(family: str) -> None:
+    """Per-layer lists repeat, layer-index lists keep their pattern, and the model still loads and runs."""
+    from transformers import AutoConfig
+
+    from vlmshield import Conversation
+    from vlmshield.models import load_vlm
+
+    for module in SPECS[family].requires:
+        pytest.importorskip(module)
+    path = tiny_checkpoint(family, num_layers=3, generation="family")
+    text = AutoConfig.from_pretrained(path).get_text_config()
+    assert text.num_hidden_layers == 3
+    for name in ("layer_types", *SPECS[family].layer_lists):
+        if getattr(text, name, None):
+            assert len(getattr(text, name)) == 3, name
+    for name in SPECS[family].layer_index_lists:
+        assert all(0 <= i < 3 for i in getattr(text, name)), name
+    gen = json.loads((path / "generation_config.json").read_text())
+    assert {k: gen.get(k) for k in SPECS[family].family_generation} == dict(SPECS[family].family_generation)
+    if ROWS[family].status == "supported":
+        vlm = load_vlm(str(path), device="cpu")
+        assert torch.isfinite(vlm.forward([Conversation.single("hi")]).logits).all()
