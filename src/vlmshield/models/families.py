@@ -74,6 +74,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         FamilyInfo("qwen3_vl", "Qwen3-VL", False, 16, _LM),
         FamilyInfo("qwen3_vl_moe", "Qwen3-VL-MoE", False, 16, _LM),
         FamilyInfo("qwen3_5", "Qwen3.5", False, 16, _LM),
+        FamilyInfo("qwen3_5_moe", "Qwen3.5-MoE", False, 16, _LM),
         FamilyInfo("gemma4", "Gemma 4", True, 8, _LM, system_text=True),
         FamilyInfo("llava_onevision", "LLaVA-OneVision", False, 8, _LM),
         FamilyInfo("internvl", "InternVL 3", False, 8, _LM),

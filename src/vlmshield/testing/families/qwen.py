@@ -158,6 +158,40 @@ def _qwen3_processor(image_processor: str = "Qwen2VLImageProcessorPil") -> C:
     )
 
 
+def _qwen3_5_text(**extra: Any) -> dict[str, Any]:
+    """Gated DeltaNet (linear attention) and full attention layers (3:1 real); a quarter of head_dim
+    rotates (4 frequencies of head_dim 32, split 2/1/1 by interleaved M-RoPE)."""
+    return lm(
+        head_dim=32,
+        bos_token_id=Tok("<|endoftext|>"),
+        pad_token_id=Tok("<|endoftext|>"),
+        layer_types=["linear_attention", "full_attention"],
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+        **extra,
+    )
+
+
+_QWEN3_5_TEMPLATE_SOURCE = (
+    "written to the documented format: Qwen3-VL-8B-Instruct's ChatML template (Qwen3.5's published "
+    "template, with its thinking-mode switches, was not available offline)"
+)
+_QWEN3_5_SAMPLING = {"do_sample": True, "top_k": 20, "top_p": 0.95, "temperature": 0.6}
+_QWEN3_5_SAMPLING_SOURCE = (
+    "Qwen3 thinking-mode defaults (Qwen/Qwen3-8B generation_config.json); Qwen3.5's own file was "
+    "not available offline"
+)
+
 # Qwen3-VL Instruct checkpoints' sampling settings (their generation_config.json and model card).
 _QWEN3_SAMPLING = {"do_sample": True, "top_k": 20, "top_p": 0.8, "temperature": 0.7}
 
@@ -287,40 +321,49 @@ SPECS = (
         config=C(
             "Qwen3_5Config",
             {
-                # Gated DeltaNet (linear attention) and full attention layers (3:1 real); a quarter of
-                # head_dim rotates (4 frequencies of head_dim 32, split 2/1/1 by interleaved M-RoPE)
-                "text_config": lm(
-                    head_dim=32,
-                    bos_token_id=Tok("<|endoftext|>"),
-                    pad_token_id=Tok("<|endoftext|>"),
-                    layer_types=["linear_attention", "full_attention"],
-                    linear_conv_kernel_dim=4,
-                    linear_key_head_dim=16,
-                    linear_value_head_dim=16,
-                    linear_num_key_heads=2,
-                    linear_num_value_heads=4,
-                    rope_parameters={
-                        "rope_type": "default",
-                        "rope_theta": 10000000.0,
-                        "partial_rotary_factor": 0.25,
-                        "mrope_section": [2, 1, 1],
-                        "mrope_interleaved": True,
-                    },
+                "text_config": _qwen3_5_text(),
+                "vision_config": _qwen3_vision(),
+                **QWEN_IDS,
+            },
+        ),
+        chat_template=T.QWEN3_VL,
+        template_source=_QWEN3_5_TEMPLATE_SOURCE,
+        image_token="<|image_pad|>",
+        generation=QWEN_GENERATION,
+        family_generation=_QWEN3_5_SAMPLING,
+        generation_source=_QWEN3_5_SAMPLING_SOURCE,
+        requires=("torchvision",),
+        approximations="1 linear-attention + 1 full-attention layer (3:1 real); head_dim 32; the "
+        "template is Qwen3-VL's.",
+    ),
+    FamilySpec(
+        model_type="qwen3_5_moe",
+        imitates="Qwen/Qwen3.5-397B-A17B",
+        model_class="Qwen3_5MoeForConditionalGeneration",
+        tokenizer=qwen_tokenizer("Qwen3_5Tokenizer"),
+        processor=_qwen3_processor(),
+        config=C(
+            "Qwen3_5MoeConfig",
+            {
+                # every layer a mixture of 4 experts, 2 per token, plus a shared expert (256 real)
+                "text_config": _qwen3_5_text(
+                    intermediate_size=DROP,
+                    num_experts=4,
+                    num_experts_per_tok=2,
+                    moe_intermediate_size=32,
+                    shared_expert_intermediate_size=32,
                 ),
                 "vision_config": _qwen3_vision(),
                 **QWEN_IDS,
             },
         ),
         chat_template=T.QWEN3_VL,
-        template_source="written to the documented format: Qwen3-VL-8B-Instruct's ChatML template "
-        "(Qwen3.5's published template, with its thinking-mode switches, was not available offline)",
+        template_source=_QWEN3_5_TEMPLATE_SOURCE,
         image_token="<|image_pad|>",
         generation=QWEN_GENERATION,
-        family_generation={"do_sample": True, "top_k": 20, "top_p": 0.95, "temperature": 0.6},
-        generation_source="Qwen3 thinking-mode defaults (Qwen/Qwen3-8B generation_config.json); "
-        "Qwen3.5's own file was not available offline",
+        family_generation=_QWEN3_5_SAMPLING,
+        generation_source=_QWEN3_5_SAMPLING_SOURCE,
         requires=("torchvision",),
-        approximations="1 linear-attention + 1 full-attention layer (3:1 real); head_dim 32; the "
-        "template is Qwen3-VL's.",
+        approximations="as Qwen3.5, with 4 experts, 2 per token, and a shared expert (256 and 10 real).",
     ),
 )
