@@ -21,7 +21,12 @@ _KINDS = ("families", "defenses", "benchmarks", "judges")
 
 def family_rows() -> list[dict[str, Any]]:
     """One object per family: ``model_type``, ``display``, ``status``, and the tiny checkpoint it has
-    (``imitates``, ``template_source``), in the family table's order."""
+    (``imitates``, ``template_source``), in the family table's order.
+
+    Example:
+        >>> family_rows()[0]["model_type"]
+        'llava'
+    """
     from vlmshield.models.families import FAMILIES
     from vlmshield.testing.families import SPECS
 

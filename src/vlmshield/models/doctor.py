@@ -93,7 +93,12 @@ def _image() -> Image.Image:
 
 def layer_path_candidates(model: nn.Module) -> list[tuple[str, int]]:
     """Attribute paths of ``nn.ModuleList`` s that look like a language model's decoder layers (not
-    under a vision tower), with their length, longest first: what to pass as ``layers_path``."""
+    under a vision tower), with their length, longest first: what to pass as ``layers_path``.
+
+    Example:
+        >>> layer_path_candidates(vlm.model)[:1]  # doctest: +SKIP
+        [('language_model.model.decoder.layers', 32)]
+    """
     found = []
     for name, module in model.named_modules():
         lowered = name.lower()
@@ -141,6 +146,10 @@ def diagnose(
 
     Raises:
         ModelLoadError: ``model`` is not a directory with a ``config.json``.
+
+    Example:
+        >>> report = diagnose("checkpoints/my-vlm", layers_path="model.decoder.layers")  # doctest: +SKIP
+        >>> print(report.to_json())  # doctest: +SKIP
     """
     from vlmshield.models.adapter import VLM
     from vlmshield.models.families import FAMILIES

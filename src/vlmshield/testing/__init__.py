@@ -1,4 +1,6 @@
-"""Test helpers: tiny random-weight checkpoints of every supported VLM family, built offline.
+"""Test helpers: tiny random-weight checkpoints of every supported VLM family, built offline
+(:func:`tiny_checkpoint`, :func:`build_tiny_checkpoint`, :func:`build_from_spec` for a spec of your
+own), and slow reference implementations to test fast code against (:mod:`vlmshield.testing.reference`).
 
 Example:
     >>> from vlmshield.testing import FAMILIES, tiny_checkpoint

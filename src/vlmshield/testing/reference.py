@@ -33,6 +33,9 @@ def append_tokens(vlm: VLM, inputs: dict[str, Any], tokens: torch.Tensor) -> dic
     with one value per token (``mm_token_type_ids``, ...) gets zeros (text); a per-token mask over
     images (Mllama's ``cross_attention_mask``) repeats the last prompt token's. Everything else
     (pixel values, image grids) is unchanged.
+
+    Example:
+        >>> inputs = append_tokens(vlm, dict(vlm.encode([conv])), torch.tensor([[42]]))  # doctest: +SKIP
     """
     out = dict(inputs)
     ids = inputs["input_ids"]
@@ -71,6 +74,11 @@ def naive_coca_greedy(
     """Greedy CoCA for one sample, recomputing both full sequences at every step (no KV cache).
 
     Returns the new token ids, EOS excluded (decoding stops at the model's EOS ids).
+
+    Example:
+        >>> p, q = build_defense("coca:alpha=2").branches([conv], vlm=vlm)  # doctest: +SKIP
+        >>> naive_coca_greedy(vlm, q[0], p[0], 2.0, 8)  # doctest: +SKIP
+        [412, 87, 930, 15, 15, 602, 77, 301]
     """
     p_in = dict(vlm.encode([principle_conversation]))
     q_in = dict(vlm.encode([conversation]))
@@ -89,7 +97,12 @@ def naive_coca_greedy(
 
 
 def full_layer_list(vlm: VLM) -> nn.ModuleList:
-    """The ``nn.ModuleList`` that holds the VLM's decoder layers (skipped layer types included)."""
+    """The ``nn.ModuleList`` that holds the VLM's decoder layers (skipped layer types included).
+
+    Example:
+        >>> len(full_layer_list(load_vlm(str(tiny_checkpoint("mllama")))))  # doctest: +SKIP
+        3
+    """
     first = vlm.decoder_layers()[0]
     for module in vlm.model.modules():
         if isinstance(module, nn.ModuleList) and any(layer is first for layer in module):
@@ -105,6 +118,11 @@ def layer_states_from_hidden_states(vlm: VLM, conversation: Conversation) -> dic
     ``hidden_states`` holds the embeddings and then one entry per layer that ran; its last entry has
     the final norm applied, so the last layer that ran is left out. Layers that do not run for this
     input (Mllama's cross-attention layers without an image) have no entry.
+
+    Example:
+        >>> states = layer_states_from_hidden_states(vlm, conv.text_only())  # doctest: +SKIP
+        >>> sorted(states)  # every decoder layer but the last  # doctest: +SKIP
+        [0]
     """
     hs = vlm.model(**vlm.encode([conversation]), output_hidden_states=True, use_cache=False).hidden_states
     layers = vlm.decoder_layers()

@@ -125,7 +125,8 @@ def build_tiny_checkpoint(
         out_dir: directory to write (created if needed; files already there are overwritten).
         seed: seed of the random weights. The same seed gives byte-identical ``model.safetensors``;
             the tokenizer does not depend on it.
-        num_layers: language-model decoder layers (default: the family recipe's 2).
+        num_layers: language-model decoder layers (default: the family's 2; Mllama counts its
+            cross-attention layers too, 3 by default).
         generation: extra ``generation_config`` values: ``"plain"`` (token ids only), ``"family"``
             (what the family's real checkpoints ship, :data:`FAMILY_GENERATION`, e.g. Qwen's
             ``repetition_penalty: 1.05``) or an explicit mapping.
