@@ -164,7 +164,7 @@ def _load_model(cfg: EvalConfig) -> Any:
     from vlmshield.models import load_vlm
 
     where = steps.placement(cfg)
-    return load_vlm(
+    vlm = load_vlm(
         cfg.model,
         device=where.device,
         dtype=cfg.dtype,
@@ -173,6 +173,12 @@ def _load_model(cfg: EvalConfig) -> Any:
         max_memory=where.max_memory,
         offload_folder=s.offload_folder,
     )
+    if str(vlm.device) == "meta":  # the inputs would go to the first weights' device: none
+        raise UserInputError(
+            f"--device-map put the first layers of {cfg.model} on disk; raise --max-memory (GPU or cpu=SIZE) "
+            "so that at least the embeddings stay in memory"
+        )
+    return vlm
 
 
 # -------------------------------------------------------------------------------------------- runner
