@@ -4,7 +4,9 @@ Starts ``vlmshield serve`` in its own process on 127.0.0.1 (a free port, an API 
 and one id per defense), then for each N in ``--clients`` and each model id in turn runs N closed-loop
 clients (each sends its next request when the last one is answered) and measures:
 
-- requests/s (answered requests over the level's wall time), p50 / p95 latency;
+- requests/s (answered requests over the level's wall time; the median over ``--rounds`` interleaved
+  rounds), p50 / p95 latency (all rounds pooled), and the throughput at N = 32 over N = 1 (the median
+  of the per-round ratios, which a shared machine's drift affects least);
 - ``lost``: requests that got no answer (errors, timeouts, a 429 still refused after retries): must be 0;
 - ``corrupted``: answers that differ from the same prompt's answer at N = 1 (greedy decoding, so a
   batched row must equal the row alone), or malformed responses;
@@ -18,7 +20,8 @@ reported as skipped) and each request by the server's ``--request-timeout`` (a r
 times out is lost). Prints one JSON object.
 
     python perf/serve_load.py                       # tiny LLaVA, N = 1, 8, 32, 64 (about 2-4 min)
-    python perf/serve_load.py --model demo --max-tokens 16 --per-client 1 --min-requests 8 --stream-requests 4
+    python perf/serve_load.py --model demo --max-tokens 16 --rounds 1 --per-client 1 --min-requests 8 \
+        --stream-requests 4 --time-limit 1200
 """
 
 from __future__ import annotations
@@ -229,8 +232,11 @@ def main() -> None:
     ap.add_argument(
         "--max-tokens", type=int, default=32, help="new tokens per answer (forced, no early stop)"
     )
-    ap.add_argument("--per-client", type=int, default=4, help="requests per client at each level")
-    ap.add_argument("--min-requests", type=int, default=32, help="at least this many requests per level")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all levels and ids")
+    ap.add_argument("--per-client", type=int, default=2, help="requests per client per level and round")
+    ap.add_argument(
+        "--min-requests", type=int, default=16, help="at least this many requests per level and round"
+    )
     ap.add_argument("--stream-requests", type=int, default=8, help="streamed requests per id at N = 1")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-queue", type=int, default=64)
@@ -305,41 +311,64 @@ def main() -> None:
                 time.sleep(0.2)
             rss_start = _rss_mb(proc.pid, "VmRSS")
             ids = ["m"] + [f"m:{s.partition(':')[0]}" for s in specs]
-            results: dict[str, dict[str, Any]] = {i: {} for i in ids}
             reference: dict[str, dict[int, str]] = {i: {} for i in ids}
-            for n in levels:
-                for model_id in ids:
-                    if time.monotonic() - t_start > args.time_limit:
+            rounds: dict[tuple[str, int], list[tuple[Level, float, int]]] = {}
+            skipped: set[tuple[str, int]] = set()
+            for _ in range(args.rounds):  # interleaved rounds: drift on a shared machine hits all alike
+                for n in levels:
+                    for model_id in ids:
+                        if time.monotonic() - t_start > args.time_limit:
+                            skipped.add((model_id, n))
+                            continue
+                        level, wall, total = asyncio.run(
+                            _run_level(
+                                base,
+                                model_id,
+                                n,
+                                args.per_client,
+                                args.min_requests,
+                                bodies,
+                                args.request_timeout + 30,
+                            )
+                        )
+                        ref = reference[model_id]
+                        for prompt, text in level.texts:
+                            if prompt not in ref:
+                                ref[prompt] = text
+                            elif text != ref[prompt]:
+                                level.corrupted += 1
+                        rounds.setdefault((model_id, n), []).append((level, wall, total))
+            results: dict[str, dict[str, Any]] = {i: {} for i in ids}
+            speedup: dict[str, float] = {}
+            for model_id in ids:
+                for n in levels:
+                    runs = rounds.get((model_id, n), [])
+                    if not runs:
                         results[model_id][str(n)] = {"skipped": "time limit"}
                         continue
-                    level, wall, total = asyncio.run(
-                        _run_level(
-                            base,
-                            model_id,
-                            n,
-                            args.per_client,
-                            args.min_requests,
-                            bodies,
-                            args.request_timeout + 30,
-                        )
-                    )
-                    ref = reference[model_id]
-                    for prompt, text in level.texts:
-                        if prompt not in ref:
-                            ref[prompt] = text
-                        elif text != ref[prompt]:
-                            level.corrupted += 1
+                    lat = [x for lv, _, _ in runs for x in lv.latencies]
                     results[model_id][str(n)] = {
-                        "requests": total,
-                        "answered": len(level.latencies),
-                        "requests_per_s": round(len(level.latencies) / wall, 3),
-                        "p50_s": _pct(level.latencies, 50),
-                        "p95_s": _pct(level.latencies, 95),
-                        "lost": level.lost,
-                        "corrupted": level.corrupted,
-                        "rate_limited": level.rate_limited,
-                        "wall_s": round(wall, 2),
+                        "rounds": len(runs),
+                        "requests": sum(t for _, _, t in runs),
+                        "answered": len(lat),
+                        "requests_per_s": round(
+                            statistics.median(len(lv.latencies) / w for lv, w, _ in runs), 3
+                        ),
+                        "p50_s": _pct(lat, 50),
+                        "p95_s": _pct(lat, 95),
+                        "lost": sum(lv.lost for lv, _, _ in runs),
+                        "corrupted": sum(lv.corrupted for lv, _, _ in runs),
+                        "rate_limited": sum(lv.rate_limited for lv, _, _ in runs),
+                        "partial": (model_id, n) in skipped,
                     }
+                ones, many = rounds.get((model_id, 1), []), rounds.get((model_id, 32), [])
+                ratios = [
+                    (len(b.latencies) / wb) / (len(a.latencies) / wa)
+                    for (a, wa, _), (b, wb, _) in zip(ones, many, strict=False)
+                    if a.latencies
+                ]
+                if ratios:
+                    speedup[model_id] = round(statistics.median(ratios), 2)
             streaming: dict[str, Any] = {}
             for model_id in ids:
                 if args.stream_requests <= 0 or time.monotonic() - t_start > args.time_limit:
@@ -362,11 +391,6 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait()
-    speedup = {}
-    for model_id, by_n in results.items():
-        one, many = by_n.get("1", {}), by_n.get("32", {})
-        if one.get("requests_per_s") and many.get("requests_per_s"):
-            speedup[model_id] = round(many["requests_per_s"] / one["requests_per_s"], 2)
     done = [r for by_n in results.values() for r in by_n.values() if "requests" in r]
     print(
         json.dumps(
@@ -375,6 +399,9 @@ def main() -> None:
                 "defenses": {f"m:{s.partition(':')[0]}": s.replace(str(work), "<tmp>") for s in specs},
                 "max_tokens": args.max_tokens,
                 "image_size": args.image_size,
+                "rounds": args.rounds,
+                "per_client": args.per_client,
+                "min_requests": args.min_requests,
                 "server": {
                     "max_batch_size": args.max_batch_size,
                     "max_queue": args.max_queue,
