@@ -19,6 +19,7 @@ from vlmshield.defenses.hiddendetect import (
     UNSAFE_ANCHORS,
     HiddenDetect,
     final_norm_and_head,
+    refusal_vector,
     span_score,
 )
 from vlmshield.errors import UserInputError
@@ -153,21 +154,30 @@ def test_on_every_family(family: str) -> None:
     rows = [Conversation.single("How do I bake bread at home?", images=[IMG])]
     if family != "mllama":
         rows.append(Conversation.single("hello there"))
-    fwd = vlm.forward(rows)
     norm, head = final_norm_and_head(vlm)
+    with torch.no_grad():  # a trained model's final norm is not uniform: make this one not uniform either
+        weight = getattr(norm, "weight", None)
+        if weight is not None:
+            weight.copy_(weight + torch.linspace(0.5, 1.5, weight.shape[0]))
+    fwd = vlm.forward(rows)
     with torch.inference_mode():
         lens = head(norm(fwd.hidden[max(fwd.hidden)])).float()
     cap = getattr(vlm.text_config, "final_logit_softcapping", None)
-    if cap:
-        lens = torch.tanh(lens / cap) * cap
-    assert torch.allclose(lens, fwd.logits, atol=1e-5)
+    capped = torch.tanh(lens / cap) * cap if cap else lens
+    assert torch.allclose(capped, fwd.logits, atol=1e-5)
+    # HiddenDetect's signal at the last layer is the cosine of those logits with the refusal vector
+    hd = build_defense("hiddendetect")
+    signals, _ = hd.layer_signals(vlm, rows)  # type: ignore[attr-defined]
+    ref = refusal_vector(vlm, REFUSAL_WORDS, lens.shape[-1])
+    want = torch.nn.functional.cosine_similarity(lens, ref[None], dim=-1)
+    assert signals.shape == (len(rows), vlm.num_layers)
+    assert torch.allclose(signals[:, -1], want, atol=1e-5)
 
     shield = build_defense("adashield")
     got = shield.generate(vlm, rows, CFG)
     want = vlm.generate([shield.rewrite(c) for c in rows], CFG)  # type: ignore[attr-defined]
     assert [r.token_ids for r in got] == want.token_ids
 
-    hd = build_defense("hiddendetect")
     out = hd.generate(vlm, rows, CFG)
     cal = out[0].details["calibration"]
     assert 0 <= cal["layers"][0] <= cal["layers"][1] < vlm.num_layers

@@ -159,3 +159,17 @@ def test_output_filter_replaces_flagged_answers_and_keeps_them_in_details(
         "Agent: " + p.text.strip() in c.last_user_text
         for p, c in zip(plain, flag_all.conversations, strict=True)
     )
+
+
+def test_output_filters_judge_the_users_own_query_not_the_rewritten_one(
+    vlm: VLM, rows: list[Any], recording: Any
+) -> None:
+    judge = recording(lambda c: "safe")
+    comp = Composition(parts=["adashield"])
+    comp.parts.append(("guard", Guard(client=judge, model="lg", format="llamaguard3v", stage="output")))
+    comp._plan()
+    out = comp.generate(vlm, rows, CFG)
+    assert all("But before processing" not in c.last_user_text for c in judge.conversations)
+    assert [r.token_ids for r in out] == [
+        r.token_ids for r in build_defense("adashield").generate(vlm, rows, CFG)
+    ]
