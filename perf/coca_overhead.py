@@ -18,7 +18,7 @@ from _common import image_conversations, interleaved_times, median_ratio, tiny_l
 
 from vlmshield import GenerationConfig
 from vlmshield.defenses.coca import Coca
-from vlmshield.defenses.coca_reference import coca_reference_generate
+from vlmshield.testing.reference import naive_coca
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     naive = interleaved_times(
         {
             "coca_128": lambda: coca.generate(vlm, convs[:1], cfg128),
-            "naive_128": lambda: coca_reference_generate(vlm, convs[0], p[0], 1.0, 128),
+            "naive_128": lambda: naive_coca(vlm, convs[0], p[0], 1.0, 128),
         },
         repeats=3,
     )

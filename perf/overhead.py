@@ -38,7 +38,7 @@ from vlmshield import GenerationConfig
 from vlmshield.defenses import build_defense
 from vlmshield.defenses.cmrm import calibrate_cmrm
 from vlmshield.defenses.coca import Coca
-from vlmshield.defenses.coca_reference import coca_reference_generate
+from vlmshield.testing.reference import naive_coca
 
 
 def _peak_memory(device: str) -> dict[str, float]:
@@ -114,7 +114,7 @@ def main() -> None:
             times = interleaved_times(
                 {
                     f"coca_{tokens}": lambda c=c: coca.generate(vlm, convs[:1], c),
-                    f"naive_{tokens}": lambda c=c, tokens=tokens: coca_reference_generate(
+                    f"naive_{tokens}": lambda c=c, tokens=tokens: naive_coca(
                         vlm, convs[0], p[0], 1.0, tokens, config=c
                     ),
                 },

@@ -1,8 +1,9 @@
 """Slow, obviously-correct reference implementations to test fast code against.
 
-- :func:`naive_coca_greedy`: CoCA decoding the naive way, with no KV cache: both full sequences (with
-  and without the safety principle) are recomputed at every step, the calibrated logits are
-  ``z = z_P + alpha * (z_P - z_Q)`` on the raw next-token logits, and the argmax is appended to both.
+- :func:`naive_coca` (and :func:`naive_coca_greedy`): CoCA decoding the naive way, with no KV cache:
+  both full sequences (with and without the safety principle) are recomputed at every step, the
+  calibrated logits are ``z = z_P + alpha * (z_P - z_Q)`` on the raw next-token logits, shaped once
+  as the undefended model would shape them, and the chosen token is appended to both.
 - :func:`append_tokens`: model inputs with generated tokens appended, as the model's own ``generate``
   extends them (attention mask, token type ids, multimodal token types).
 - :func:`layer_states_from_hidden_states`: each decoder layer's output at the last prompt token, read
@@ -22,6 +23,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from vlmshield.conversation import Conversation
+    from vlmshield.generation import GenerationConfig
     from vlmshield.models import VLM
 
 
@@ -64,6 +66,63 @@ def append_tokens(vlm: VLM, inputs: dict[str, Any], tokens: torch.Tensor) -> dic
 
 
 @torch.inference_mode()
+def naive_coca(
+    vlm: VLM,
+    conversation: Conversation,
+    principle_conversation: Conversation,
+    alpha: float,
+    max_new_tokens: int,
+    *,
+    config: GenerationConfig | None = None,
+) -> list[int]:
+    """CoCA for one sample, recomputing both full sequences at every step (no KV cache).
+
+    The calibrated logits ``z_P + alpha (z_P - z_Q)`` come from the model's raw logits; then the
+    logit shaping the undefended model would apply runs once, over the conversation without the
+    principle plus the generated tokens. The shaping processors come from transformers' own builder
+    (``generate``'s, fed the model's ``generation_config`` merged with ``config``: repetition
+    penalty, minimum length, temperature, top-k / top-p, ...), not from the defense, so comparing
+    the two checks the defense's choice and order of processors. ``config`` (default greedy) may
+    sample: one draw per step from a ``torch.Generator`` seeded with ``config.seed`` (0 when unset),
+    as the defense draws. Returns the new token ids, EOS excluded.
+
+    Example:
+        >>> p, q = build_defense("coca:alpha=2").branches([conv], vlm=vlm)  # doctest: +SKIP
+        >>> naive_coca(vlm, q[0], p[0], 2.0, 8)  # doctest: +SKIP
+        [412, 87, 930, 15, 15, 602, 77, 301]
+    """
+    from vlmshield.generation import GenerationConfig
+
+    config = (config or GenerationConfig()).with_(max_new_tokens=max_new_tokens)
+    p_in = dict(vlm.encode([principle_conversation]))
+    q_in = dict(vlm.encode([conversation]))
+    shaping = vlm.model._get_logits_processor(
+        generation_config=vlm._hf_generation_config(config),
+        input_ids_seq_length=q_in["input_ids"].shape[1],
+        encoder_input_ids=q_in["input_ids"],
+        device=str(vlm.device),
+        model_kwargs={},
+    )
+    generator = torch.Generator(device=vlm.device)
+    generator.manual_seed(config.seed if config.seed is not None else 0)
+    stop = set(vlm.eos_token_ids)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        z_p = vlm.model(**p_in, use_cache=False).logits[:, -1, :].float()
+        z_q = vlm.model(**q_in, use_cache=False).logits[:, -1, :].float()
+        z = shaping(q_in["input_ids"], z_p + alpha * (z_p - z_q))
+        if config.do_sample:
+            token = int(torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator))
+        else:
+            token = int(torch.argmax(z))
+        if token in stop:
+            break
+        new.append(token)
+        t = torch.tensor([[token]], device=vlm.device)
+        p_in, q_in = append_tokens(vlm, p_in, t), append_tokens(vlm, q_in, t)
+    return new
+
+
 def naive_coca_greedy(
     vlm: VLM,
     conversation: Conversation,
@@ -71,29 +130,8 @@ def naive_coca_greedy(
     alpha: float,
     max_new_tokens: int,
 ) -> list[int]:
-    """Greedy CoCA for one sample, recomputing both full sequences at every step (no KV cache).
-
-    Returns the new token ids, EOS excluded (decoding stops at the model's EOS ids).
-
-    Example:
-        >>> p, q = build_defense("coca:alpha=2").branches([conv], vlm=vlm)  # doctest: +SKIP
-        >>> naive_coca_greedy(vlm, q[0], p[0], 2.0, 8)  # doctest: +SKIP
-        [412, 87, 930, 15, 15, 602, 77, 301]
-    """
-    p_in = dict(vlm.encode([principle_conversation]))
-    q_in = dict(vlm.encode([conversation]))
-    stop = set(vlm.eos_token_ids)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        z_p = vlm.model(**p_in, use_cache=False).logits[0, -1, :].float()
-        z_q = vlm.model(**q_in, use_cache=False).logits[0, -1, :].float()
-        token = int(torch.argmax(z_p + alpha * (z_p - z_q)))
-        if token in stop:
-            break
-        new.append(token)
-        t = torch.tensor([[token]], device=vlm.device)
-        p_in, q_in = append_tokens(vlm, p_in, t), append_tokens(vlm, q_in, t)
-    return new
+    """:func:`naive_coca` with greedy decoding (the model's own ``generation_config`` still applies)."""
+    return naive_coca(vlm, conversation, principle_conversation, alpha, max_new_tokens)
 
 
 def full_layer_list(vlm: VLM) -> nn.ModuleList:
