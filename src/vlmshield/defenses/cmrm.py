@@ -227,35 +227,19 @@ class Cmrm:
             d["vectors_metadata"] = self.vectors.metadata
         return {"name": self.name, **d}
 
-    def generate(
-        self,
-        vlm: VLM,
-        conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
-        *,
-        categories: Sequence[str | None] | None = None,
-    ) -> list[DefenseResult]:
-        config = config or GenerationConfig()
+    def row_vectors(
+        self, vlm: VLM, conversations: Sequence[Conversation]
+    ) -> tuple[torch.Tensor, list[int], Cost]:
+        """Each row's vectors ``[B, layers, H]``, the steered layers, and the extra cost.
+
+        Dataset level: the artifact's vectors (checked against ``vlm``), zero for rows without an
+        image. Sample level: each row's own, from its own extra prefills (zero without an image).
+
+        Example:
+            >>> vecs, layers, cost = Cmrm(level="sample").row_vectors(vlm, convs)  # doctest: +SKIP
+        """
         layers = parse_layers(self.config.layers, vlm.num_layers)
-        extra = Cost()
-        t0 = time.perf_counter()
-        if self.config.level == "dataset":
-            assert self.vectors is not None
-            self.vectors.check_compatible(vlm, allow_mismatch=self.config.allow_mismatch)
-            index = {layer: k for k, layer in enumerate(self.vectors.layers)}
-            missing = [i for i in layers if i not in index]
-            if missing:
-                raise UserInputError(f"the steering vectors have no vector for layers {missing}")
-            if self.config.mode != "compounding" and layers != self.vectors.layers:
-                raise UserInputError(
-                    f"{self.config.mode} vectors hold per-layer corrections for layers "
-                    f"{self.vectors.layers}; calibrate new ones for layers={self.config.layers}"
-                )
-            shared = self.vectors.vectors[[index[i] for i in layers]].to(vlm.device)
-            # rows without an image are never shifted (as at sample level, where their shift is 0)
-            has_image = torch.tensor([c.num_images > 0 for c in conversations], device=vlm.device)
-            vecs = shared[None] * has_image[:, None, None]
-        else:
+        if self.config.level == "sample":
             vecs, extra = shift_vectors(
                 vlm,
                 conversations,
@@ -265,6 +249,34 @@ class Cmrm:
                 mode=self.config.mode or DEFAULT_MODE,
                 positions=self.config.positions,
             )
+            return vecs, layers, extra
+        assert self.vectors is not None
+        self.vectors.check_compatible(vlm, allow_mismatch=self.config.allow_mismatch)
+        index = {layer: k for k, layer in enumerate(self.vectors.layers)}
+        missing = [i for i in layers if i not in index]
+        if missing:
+            raise UserInputError(f"the steering vectors have no vector for layers {missing}")
+        if self.config.mode != "compounding" and layers != self.vectors.layers:
+            raise UserInputError(
+                f"{self.config.mode} vectors hold per-layer corrections for layers "
+                f"{self.vectors.layers}; calibrate new ones for layers={self.config.layers}"
+            )
+        shared = self.vectors.vectors[[index[i] for i in layers]].to(vlm.device)
+        # rows without an image are never shifted (as at sample level, where their shift is 0)
+        has_image = torch.tensor([c.num_images > 0 for c in conversations], device=vlm.device)
+        return shared[None] * has_image[:, None, None], layers, Cost()
+
+    def generate(
+        self,
+        vlm: VLM,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        *,
+        categories: Sequence[str | None] | None = None,
+    ) -> list[DefenseResult]:
+        config = config or GenerationConfig()
+        t0 = time.perf_counter()
+        vecs, layers, extra = self.row_vectors(vlm, conversations)
         prep_time = time.perf_counter() - t0
         with steer(vlm, vecs, alpha=self.alpha, layers=layers, positions=self.config.positions):
             out = vlm.generate(conversations, config)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from vlmshield.conversation import Conversation
-from vlmshield.defenses.cmrm_vectors import shift_vectors
 from vlmshield.defenses.steering import steer
 from vlmshield.errors import UserInputError
 
@@ -44,25 +43,9 @@ def remaining_gap(vlm: VLM, conversations: Sequence[Conversation], cmrm: Cmrm) -
     convs = list(conversations)
     if not convs or any(c.num_images == 0 for c in convs):
         raise UserInputError("remaining_gap needs inputs that all carry an image")
-    from vlmshield.defenses.cmrm import parse_layers
-
-    layers = parse_layers(cmrm.config.layers, vlm.num_layers)
+    vecs, layers, _ = cmrm.row_vectors(vlm, convs)
     text = _states(vlm, [c.text_only() for c in convs])
     plain = _states(vlm, convs)
-    if cmrm.config.level == "sample":
-        vecs, _ = shift_vectors(
-            vlm,
-            convs,
-            corruption=cmrm.config.corruption,
-            seed=cmrm.config.seed,
-            layers=layers,
-            mode=cmrm.config.mode or "sequential",
-            positions=cmrm.config.positions,
-        )
-    else:
-        assert cmrm.vectors is not None
-        index = {layer: k for k, layer in enumerate(cmrm.vectors.layers)}
-        vecs = cmrm.vectors.vectors[[index[i] for i in layers]].to(vlm.device)
     with steer(vlm, vecs, alpha=cmrm.alpha, layers=layers, positions=cmrm.config.positions):
         steered = _states(vlm, convs)
     before = (plain - text).norm(dim=-1)

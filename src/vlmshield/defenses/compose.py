@@ -209,43 +209,9 @@ def run_pipeline(
 def cmrm_row_vectors(
     cmrm: Any, vlm: VLM, conversations: Sequence[Conversation]
 ) -> tuple[Any, list[int], Cost]:
-    """Each row's CMRM vectors ``[B, layers, H]``, the layers, and the extra cost (sample level).
-
-    The same preparation as :meth:`vlmshield.defenses.cmrm.Cmrm.generate` (dataset vectors checked
-    and masked to rows with images; sample vectors from each row's own prefills).
-    """
-    import torch
-
-    from vlmshield.defenses.cmrm import parse_layers
-    from vlmshield.defenses.cmrm_vectors import DEFAULT_MODE, shift_vectors
-
-    cfg = cmrm.config
-    layers = parse_layers(cfg.layers, vlm.num_layers)
-    if cfg.level == "dataset":
-        vecs = cmrm.vectors
-        vecs.check_compatible(vlm, allow_mismatch=cfg.allow_mismatch)
-        index = {layer: k for k, layer in enumerate(vecs.layers)}
-        missing = [i for i in layers if i not in index]
-        if missing:
-            raise UserInputError(f"the steering vectors have no vector for layers {missing}")
-        if cfg.mode != "compounding" and layers != vecs.layers:
-            raise UserInputError(
-                f"{cfg.mode} vectors hold per-layer corrections for layers {vecs.layers}; "
-                f"calibrate new ones for layers={cfg.layers}"
-            )
-        shared = vecs.vectors[[index[i] for i in layers]].to(vlm.device)
-        has_image = torch.tensor([c.num_images > 0 for c in conversations], device=vlm.device)
-        return shared[None] * has_image[:, None, None], layers, Cost()
-    vectors, extra = shift_vectors(
-        vlm,
-        conversations,
-        corruption=cfg.corruption,
-        seed=cfg.seed,
-        layers=layers,
-        mode=cfg.mode or DEFAULT_MODE,
-        positions=cfg.positions,
-    )
-    return vectors, layers, extra
+    """Each row's CMRM vectors ``[B, layers, H]``, the layers, and the extra cost: the same
+    preparation as :meth:`vlmshield.defenses.cmrm.Cmrm.generate` (:meth:`~vlmshield.defenses.cmrm.Cmrm.row_vectors`)."""
+    return cmrm.row_vectors(vlm, conversations)  # type: ignore[no-any-return]
 
 
 def cmrm_around(cmrm: Any, label: str, core: tuple[str, Core], rows_per_sample: int) -> tuple[str, Core]:
