@@ -5,7 +5,7 @@ Example:
     >>> result = run_eval(EvalConfig(model="demo", benchmarks=["mini"], limit=16))  # doctest: +SKIP
     >>> summarize_run(result.output_dir)["defenses"]["none"]["unsafe_rate"]  # doctest: +SKIP
 
-See docs/evaluation.md.
+See docs/evaluation.md, and docs/scale.md for torchrun / accelerate launch, big models and remote engines.
 """
 
 from vlmshield.eval.plan import (
@@ -19,6 +19,7 @@ from vlmshield.eval.plan import (
 )
 from vlmshield.eval.report import summarize_run, write_report
 from vlmshield.eval.runner import RunResult, run_eval
+from vlmshield.eval.scale import ScaleOptions
 from vlmshield.eval.store import RunStore
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "EvalPlan",
     "RunResult",
     "RunStore",
+    "ScaleOptions",
     "build_plan",
     "default_output_dir",
     "run_eval",

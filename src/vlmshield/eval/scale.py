@@ -251,8 +251,8 @@ def check_remote_defenses(model: str, defenses: Sequence[Any]) -> None:
         if local_only(str(d.name)):
             raise UserInputError(
                 f"defense {entry.label!r} needs the model's logits and hidden states, which the remote model "
-                f"{model} does not expose; evaluate it on a local checkpoint (--model PATH) or use "
-                f"{' / '.join(REMOTE_DEFENSES)} with a remote model"
+                f"{model} does not expose; evaluate it on a local checkpoint (--model PATH), or use defenses "
+                f"that only generate (e.g. {', '.join(REMOTE_DEFENSES)}) with a remote model"
             )
         cfg = getattr(d, "config", None)
         if d.name == "ecso" and getattr(cfg, "check_parse", None) == "logits":

@@ -52,6 +52,8 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
 
 
 def maybe_pause(units: int, rank: int = 0) -> None:
+    """The testing hook (see :mod:`vlmshield.eval.runner`): after unit ``units`` of ``rank``, announce the
+    pause with this process's pid and sleep, so a test can kill the process there."""
     raw = os.environ.get(PAUSE_ENV)
     if not raw:
         return
@@ -93,6 +95,8 @@ def model_facts(vlm: Any) -> dict[str, Any]:
 
 
 def score_fn(plan: EvalPlan) -> Callable[[Any, str], float | None]:
+    """``score(sample, text)``: the benchmark's judge-free score of a utility sample's answer, else None."""
+
     def score(sample: Any, text: str) -> float | None:
         if sample.label != "utility":
             return None
@@ -164,6 +168,7 @@ def placement(cfg: EvalConfig) -> Any:
 def merge_parts(
     plan: EvalPlan, store: RunStore, out_dir: Path, batches: Sequence[Sequence[Any]]
 ) -> shards.MergeResult:
+    """:func:`vlmshield.eval.shards.merge_parts` in the run's defense, judge and batch order."""
     position = {s.id: i for i, s in enumerate(s for batch in batches for s in batch)}
     return shards.merge_parts(
         store,
