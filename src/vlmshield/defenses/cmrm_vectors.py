@@ -82,7 +82,9 @@ def corrupted(conv: Conversation, corruption: Corruption, seed: int) -> Conversa
 
 
 def _stack(hidden: dict[int, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
-    return torch.stack([hidden[i] for i in layers], dim=1)  # [B, L, H]
+    """``[B, L, H]`` on the first layer's device (layers of a sharded model live on several)."""
+    device = hidden[layers[0]].device
+    return torch.stack([hidden[i].to(device) for i in layers], dim=1)
 
 
 def raw_shifts(
@@ -146,7 +148,7 @@ def sequential_shifts(
             f"the steered layers ran {len(found)} times for {len(layers)} layers; the decoder layers of "
             f"{vlm.name} are not called once each per forward pass"
         )
-    return torch.stack(found, dim=1), texts.cost + bad.cost
+    return torch.stack([u.to(found[0].device) for u in found], dim=1), texts.cost + bad.cost
 
 
 def shift_vectors(

@@ -322,7 +322,10 @@ def decode_pairs(
     n = len(plain)
     pad_left = (inputs["attention_mask"][n:] == 0).sum(dim=1).tolist()
     effective = vlm._hf_generation_config(config)
-    calib = PairedCalibration(alpha, config, shaping_processors(effective, str(vlm.device)), pad_left)
+    # the logits come from the output head, which on a sharded model may sit on another device
+    head = vlm.model.get_output_embeddings()
+    logits_device = str(head.weight.device) if head is not None else str(vlm.device)
+    calib = PairedCalibration(alpha, config, shaping_processors(effective, logits_device), pad_left)
     outer = copy.deepcopy(vlm.model.generation_config)
     for key, value in SHAPING_FIELDS.items():
         if hasattr(outer, key):

@@ -28,12 +28,19 @@ def _error_text(e: BaseException) -> str:
 
 
 def judge_rows(judge: Any, label: str, rows: Sequence[Mapping[str, Any]]) -> list[VerdictRow]:
-    """Judge ``rows`` (dicts with defense, sample_id, text, query, category, answer); a failing chunk is
-    retried item by item and an item that still fails gets an error row."""
+    """Judge ``rows`` (dicts with defense, sample_id, text, query, category, answer and optionally the
+    sample's images, which judges that see images are sent); a failing chunk is retried item by item
+    and an item that still fails gets an error row."""
     from vlmshield.judges import JudgeItem
 
     def item(r: Mapping[str, Any]) -> Any:
-        return JudgeItem(r["query"], r["text"] or "", category=r["category"], reference=r["answer"])
+        return JudgeItem(
+            r["query"],
+            r["text"] or "",
+            category=r["category"],
+            reference=r["answer"],
+            images=tuple(r.get("images") or ()),
+        )
 
     try:
         verdicts = judge.judge([item(r) for r in rows])
@@ -62,12 +69,19 @@ def judge_and_store(
             store.add_verdicts(judge_rows(judge, label, rows[start : start + JUDGE_CHUNK]))
 
 
-def judge_pending(store: RunStore, judges: Sequence[tuple[str, Any]]) -> int:
+def judge_pending(
+    store: RunStore,
+    judges: Sequence[tuple[str, Any]],
+    images_of: Mapping[str, Sequence[Any]] | None = None,
+) -> int:
     """Judge every error-free generation that lacks a verdict from one of ``judges``; returns how many
-    verdicts were written."""
+    verdicts were written. ``images_of`` (sample id -> images) gives resumed rows their sample's
+    images, as fresh rows have them."""
     n = 0
     for label, judge in judges:
         rows = store.pending_judgements(label)
+        if images_of is not None:
+            rows = [{**r, "images": tuple(images_of.get(r["sample_id"], ()))} for r in rows]
         judge_and_store(store, [(label, judge)], rows)
         n += len(rows)
     return n

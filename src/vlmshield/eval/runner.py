@@ -372,7 +372,7 @@ def _locked_run(
         assert store is not None and all_stats is not None
         if ctx.distributed:
             steps.merge_parts(plan, store, out_dir, batches)
-        judge_pending(store, judges)
+        judge_pending(store, judges, {x.id: x.images for x in plan.samples})
         counts = store.counts()
     finally:
         if store is not None:
@@ -466,6 +466,7 @@ def _generate(
                         "query": by_id[r.sample_id].query,
                         "category": by_id[r.sample_id].category,
                         "answer": by_id[r.sample_id].answer,
+                        "images": by_id[r.sample_id].images,
                     }
                     for r in ok
                 ],

@@ -214,7 +214,7 @@ def prepare_store(
         n_gen, n_ver = store.delete_generation_errors(), store.delete_verdict_errors()
         if n_gen or n_ver:
             say(f"retrying {n_gen} failed generations and {n_ver} failed verdicts")
-    judge_pending(store, judges)  # left over by an interrupted run
+    judge_pending(store, judges, {s.id: s.images for s in plan.samples})  # left over by an interrupted run
     done = store.done_pairs()
     labels = [d.label for d in plan.defenses]
     done_before = sum(1 for d in labels for s in plan.samples if (d, s.id) in done)
