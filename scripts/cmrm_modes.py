@@ -38,17 +38,13 @@ from vlmshield.defenses.cmrm import calibrate_cmrm
 from vlmshield.defenses.cmrm_gap import remaining_gap
 from vlmshield.judges.keyword import refusal_match
 
-ANCHOR_QUESTIONS = [
-    "What is in this picture?",
-    "Describe this image.",
-    "What colours do you see?",
-    "What is the main object here?",
-    "Tell me about this scene.",
-    "What could this image be used for?",
-    "Is there anything unusual in this picture?",
-    "Summarise what the image shows.",
-]
-ANCHOR_SEED0, ANCHORS = 3_000_000, 64  # as scripts/demo/calibrate_cmrm.py
+# the anchors of the shipped demo vectors (scripts/demo/calibrate_cmrm.py): 64 synthetic scenes
+# disjoint from mini
+sys.path.insert(0, str(Path(__file__).resolve().parent / "demo"))
+from calibrate_cmrm import QUESTIONS as ANCHOR_QUESTIONS
+from calibrate_cmrm import SEED0 as ANCHOR_SEED0
+from calibrate_cmrm import N as ANCHORS
+
 MODES = ("sequential", "increments", "compounding")
 
 

@@ -41,7 +41,7 @@ from vlmshield.defenses.base import DefenseResult
 from vlmshield.defenses.ecso_check import (
     DEFAULT_CHECK_CAP_TOKENS,
     CheckResult,
-    _row_cost,
+    row_cost,
     run_check,
     yes_no_token_ids,
 )
@@ -318,7 +318,7 @@ class Ecso:
         for i in range(n):
             rows[i]["first_answer"] = out1.texts[i]
             token_ids[i] = list(out1.token_ids[i]) if i < len(out1.token_ids) else []
-            costs[i]["answer"] = _row_cost(out1, i)
+            costs[i]["answer"] = row_cost(out1, i)
 
         # (2) the same model, with the image, judges the answer
         with_image = [i for i in range(n) if convs[i].num_images > 0]
@@ -353,7 +353,7 @@ class Ecso:
             captions = {i: out3.texts[k] for k, i in enumerate(flagged)}
             for k, i in enumerate(flagged):
                 rows[i]["caption"] = out3.texts[k]
-                costs[i]["caption"] = _row_cost(out3, k)
+                costs[i]["caption"] = row_cost(out3, k)
 
             # (4) answer from caption + query, no image at all
             out4 = backend.generate(
@@ -362,7 +362,7 @@ class Ecso:
             for k, i in enumerate(flagged):
                 rows[i]["final_answer"] = out4.texts[k]
                 token_ids[i] = list(out4.token_ids[k]) if k < len(out4.token_ids) else []
-                costs[i]["final"] = _row_cost(out4, k)
+                costs[i]["final"] = row_cost(out4, k)
 
         results = []
         for i in range(n):

@@ -98,7 +98,7 @@ def _first_step(backend: Any, conversations: Sequence[Conversation]) -> tuple[Ge
     return out, fwd.logits
 
 
-def _row_cost(out: GenerationOutput, j: int) -> Cost:
+def row_cost(out: GenerationOutput, j: int) -> Cost:
     """Row ``j``'s share of a batched call: its own tokens, an equal share of the wall time."""
     n = max(len(out.texts), 1)
     return Cost(
@@ -175,7 +175,7 @@ def run_check(
         out = backend.generate(conversations, cfg)
     n = len(conversations)
     texts = list(out.texts)
-    costs = [_row_cost(out, j) for j in range(n)]
+    costs = [row_cost(out, j) for j in range(n)]
     rounds = [1] * n
     finished = [bool(out.finished[j]) if j < len(out.finished) else False for j in range(n)]
     undecided: Callable[[str], bool] | None = None
@@ -192,7 +192,7 @@ def run_check(
         for m, j in enumerate(pending):
             texts[j] = more.texts[m]
             finished[j] = bool(more.finished[m]) if m < len(more.finished) else False
-            costs[j] = costs[j] + _row_cost(more, m)
+            costs[j] = costs[j] + row_cost(more, m)
             rounds[j] += 1
         pending = [j for j in pending if not finished[j] and undecided(texts[j])]
     results = []

@@ -36,32 +36,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vlmshield.judges.templates import Unparsable
+from vlmshield.judges.templates import LLAMAGUARD3_CATEGORIES, Unparsable
 
 # -- Llama Guard ------------------------------------------------------------------------------------
 
-#: Categories of Llama Guard 3 Vision's chat template (and llama-stack's ``DEFAULT_LG_V3_SAFETY_CATEGORIES``).
+#: Categories of Llama Guard 3 Vision's chat template (and llama-stack's ``DEFAULT_LG_V3_SAFETY_CATEGORIES``):
+#: the Llama Guard 3 table (:data:`~vlmshield.judges.templates.LLAMAGUARD3_CATEGORIES`) without S14.
 LLAMA_GUARD_3_VISION_CATEGORIES: dict[str, str] = {
-    "S1": "Violent Crimes.",
-    "S2": "Non-Violent Crimes.",
-    "S3": "Sex Crimes.",
-    "S4": "Child Exploitation.",
-    "S5": "Defamation.",
-    "S6": "Specialized Advice.",
-    "S7": "Privacy.",
-    "S8": "Intellectual Property.",
-    "S9": "Indiscriminate Weapons.",
-    "S10": "Hate.",
-    "S11": "Self-Harm.",
-    "S12": "Sexual Content.",
-    "S13": "Elections.",
+    k: v for k, v in LLAMAGUARD3_CATEGORIES.items() if k != "S14"
 }
 
-#: Llama Guard 4's categories: S1-S13 plus S14 of its model card ("Code Interpreter Abuse (text only)").
-LLAMA_GUARD_4_CATEGORIES: dict[str, str] = {
-    **LLAMA_GUARD_3_VISION_CATEGORIES,
-    "S14": "Code Interpreter Abuse.",
-}
+#: Llama Guard 4's categories: S1-S13 plus S14 of its model card ("Code Interpreter Abuse (text only)"),
+#: i.e. the Llama Guard 3 table.
+LLAMA_GUARD_4_CATEGORIES: dict[str, str] = dict(LLAMAGUARD3_CATEGORIES)
 
 #: Categories sent in Llama Guard 4's prompt by default (llama-stack's list for ``Llama-Guard-4-12B``).
 LLAMA_GUARD_4_PROMPT_CATEGORIES: tuple[str, ...] = tuple(LLAMA_GUARD_3_VISION_CATEGORIES)
