@@ -113,6 +113,9 @@ class DistContext:
         import torch.distributed as dist
 
         try:
+            # leave together: a rank that tears gloo down while a peer still uses the group can
+            # abort the process ("terminate called without an active exception")
+            dist.barrier(group=self.group)
             if self.owns_default_group:
                 dist.destroy_process_group()
             else:
