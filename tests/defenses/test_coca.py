@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from vlmshield import Conversation, GenerationConfig
 from vlmshield.defenses import build_defense
 from vlmshield.defenses.coca import (
     OMNISAFEBENCH_PRINCIPLE,
     Coca,
+    PairedCalibration,
     add_principle,
     calibrate_logits,
     decode_pairs,
@@ -96,6 +98,38 @@ def test_principle_positions_and_categories():
     p, q = coca.branches([conv, conv], ["fraud", "other"])
     assert p[0].last_user_text.startswith("no fraud") and p[1].last_user_text.startswith("general")
     assert q == [conv, conv]
+
+
+class _Recorder(LogitsProcessor):
+    def __init__(self) -> None:
+        self.contexts: list[list[int]] = []
+
+    def __call__(self, input_ids, scores):
+        self.contexts.extend(input_ids.tolist())
+        return scores
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        [[1, 1, 1, 1], [1, 1, 1, 1]],  # no padding
+        [[0, 1, 1, 1], [0, 1, 1, 1]],  # the same left padding
+        [[0, 0, 1, 1], [1, 1, 1, 1]],  # different left padding
+        [[1, 1, 0, 1], [0, 1, 0, 1]],  # padding between a shared prefix and the rest
+    ],
+)
+def test_shaping_sees_each_q_rows_context_without_its_padding(mask):
+    recorder = _Recorder()
+    prompt_mask = torch.tensor(mask, dtype=torch.bool)
+    calib = PairedCalibration(1.0, GREEDY, LogitsProcessorList([recorder]), prompt_mask)
+    q_ids = torch.tensor([[11, 12, 13, 14, 50], [21, 22, 23, 24, 60]])
+    ids = torch.cat([q_ids, q_ids])  # P rows then Q rows; only the Q rows are read
+    calib(ids, torch.zeros(4, 70))  # type: ignore[arg-type]
+    expected = [
+        [t for t, keep in zip(row, [*m, 1], strict=True) if keep]
+        for row, m in zip(q_ids.tolist(), mask, strict=True)
+    ]
+    assert recorder.contexts == expected
 
 
 # ----------------------------------------------------------------------------- equivalences

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -63,9 +64,11 @@ from transformers import (
 
 from vlmshield.conversation import Conversation
 from vlmshield.defenses.base import DefenseResult
+from vlmshield.defenses.coca_prefix import share_prefix
 from vlmshield.defenses.registry import DEFENSES, DefenseConfig, validate_config
 from vlmshield.errors import UserInputError
-from vlmshield.generation import Cost, GenerationConfig, GenerationOutput
+from vlmshield.generation import Cost, GenerationConfig, GenerationOutput, timed
+from vlmshield.models.image_features import encode_images_once
 
 if TYPE_CHECKING:
     from vlmshield.models import VLM
@@ -126,6 +129,9 @@ class CocaConfig(DefenseConfig):
     )
     position: Position = "before"
     separator: str = Field("\n\n", description="between the principle and the user's text (before/after)")
+    share: bool = Field(
+        True, description="prefill the prefix P and Q share once and encode each image once (same tokens)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -252,8 +258,9 @@ class PairedCalibration(LogitsProcessor):
 
     Each step: calibrate the pair's logits, apply ``shaping`` (see :func:`shaping_processors`) over
     the Q row's own context (its padding removed), then pick the token (greedy, or drawn from the
-    shaped distribution with a seeded generator) and force it on both rows. ``pad_left[i]`` is the
-    number of left-padding positions of Q row ``i``.
+    shaped distribution with a seeded generator) and force it on both rows. ``prompt_mask`` (``[B,
+    T]``, the Q rows' prompt attention mask) marks each Q row's real prompt tokens; padding may sit
+    anywhere (left, or between a shared prefix and the rest, see :mod:`.coca_prefix`).
     """
 
     def __init__(
@@ -261,25 +268,34 @@ class PairedCalibration(LogitsProcessor):
         alpha: float,
         config: GenerationConfig,
         shaping: LogitsProcessorList | None = None,
-        pad_left: Sequence[int] | None = None,
+        prompt_mask: torch.Tensor | None = None,
     ) -> None:
         self.alpha = alpha
         self.config = config
         self.shaping = shaping if shaping is not None else LogitsProcessorList()
-        self.pad_left = list(pad_left) if pad_left is not None else None
+        self.prompt_mask = prompt_mask.bool() if prompt_mask is not None else None
+        #: the left padding shared by every Q row, where the rows are padded alike (one slice then)
+        self.uniform_pad: int | None = 0
+        if self.prompt_mask is not None:
+            first = self.prompt_mask[0]
+            pad = int((~first).sum())
+            left_only = bool(first[pad:].all())
+            same = bool((self.prompt_mask == first).all())
+            self.uniform_pad = pad if left_only and same else None
         self.generator: torch.Generator | None = None
         self.steps = 0
 
     def _shape(self, q_ids: torch.LongTensor, z: torch.Tensor) -> torch.Tensor:
         if not self.shaping:
             return z
-        pads = self.pad_left or [0] * z.shape[0]
-        if len(set(pads)) == 1:
-            return self.shaping(q_ids[:, pads[0] :], z)  # type: ignore[arg-type]
-        rows = [
-            self.shaping(q_ids[i : i + 1, pad:], z[i : i + 1])  # type: ignore[arg-type]
-            for i, pad in enumerate(pads)
-        ]
+        if self.uniform_pad is not None or self.prompt_mask is None:
+            return self.shaping(q_ids[:, self.uniform_pad or 0 :], z)  # type: ignore[arg-type]
+        width = self.prompt_mask.shape[1]
+        rows = []
+        for i in range(z.shape[0]):
+            # the row's own context: its real prompt tokens (padding removed) + the generated ones
+            context = torch.cat([q_ids[i, :width][self.prompt_mask[i]], q_ids[i, width:]])
+            rows.append(self.shaping(context[None], z[i : i + 1]))  # type: ignore[arg-type]
         return torch.cat(rows)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -300,16 +316,30 @@ class PairedCalibration(LogitsProcessor):
         return forced  # type: ignore[return-value]
 
 
+@dataclass
+class PairedOutput(GenerationOutput):
+    """:func:`decode_pairs`' ``2B`` rows; ``shared_tokens[i]``: the prefix of pair ``i`` prefilled
+    once for both rows (0 where it was not shared). ``num_prompt_tokens`` counts what each row
+    prefilled itself (a Q row without its shared prefix)."""
+
+    shared_tokens: list[int] = field(default_factory=list)
+
+
 def decode_pairs(
     vlm: VLM,
     principle: Sequence[Conversation],
     plain: Sequence[Conversation],
     alpha: float,
     config: GenerationConfig,
-) -> GenerationOutput:
+    *,
+    share: bool = True,
+) -> PairedOutput:
     """Calibrated decoding of the P / Q pairs as one KV-cached batch of ``2B`` rows.
 
     Returns the ``2B`` rows' output: row ``i`` (P) and row ``B + i`` (Q) carry the same tokens.
+    With ``share`` (the default), the prefix P and Q have in common is prefilled once and each
+    image encoded once (:mod:`.coca_prefix`, :mod:`vlmshield.models.image_features`); ``share=False``
+    prefills all ``2B`` rows in full (the same tokens; kept to measure the saving).
 
     Example:
         >>> out = decode_pairs(vlm, [p], [q], 1.0, GenerationConfig(max_new_tokens=8))  # doctest: +SKIP
@@ -320,19 +350,31 @@ def decode_pairs(
         raise UserInputError(f"{len(principle)} principle branches for {len(plain)} conversations")
     inputs = vlm.encode([*principle, *plain])
     n = len(plain)
-    pad_left = (inputs["attention_mask"][n:] == 0).sum(dim=1).tolist()
+    cost = Cost()
+    with timed(cost):
+        plan = share_prefix(vlm, inputs, n, config.max_new_tokens) if share else None
+    if plan is not None:
+        gen_inputs, prompt_mask, shared = plan.inputs, plan.prompt_mask, plan.shared_tokens
+    else:
+        gen_inputs = encode_images_once(vlm, inputs, copies=2) if share else inputs
+        prompt_mask, shared = inputs["attention_mask"].bool(), [0] * n
     effective = vlm._hf_generation_config(config)
     # the logits come from the output head, which on a sharded model may sit on another device
     head = vlm.model.get_output_embeddings()
     logits_device = str(head.weight.device) if head is not None else str(vlm.device)
-    calib = PairedCalibration(alpha, config, shaping_processors(effective, logits_device), pad_left)
+    calib = PairedCalibration(alpha, config, shaping_processors(effective, logits_device), prompt_mask[n:])
     outer = copy.deepcopy(vlm.model.generation_config)
     for key, value in SHAPING_FIELDS.items():
         if hasattr(outer, key):
             setattr(outer, key, value)
-    return vlm.generate_from_inputs(
-        inputs, config.with_(do_sample=False), logits_processors=[calib], base_generation_config=outer
+    out = vlm.generate_from_inputs(
+        gen_inputs, config.with_(do_sample=False), logits_processors=[calib], base_generation_config=outer
     )
+    out.cost.wall_time_s += cost.wall_time_s
+    out.cost.prompt_tokens -= sum(shared)
+    # the Q rows' shared prefix was not prefilled for them
+    out.num_prompt_tokens[n:] = [t - k for t, k in zip(out.num_prompt_tokens[n:], shared, strict=True)]
+    return PairedOutput(**vars(out), shared_tokens=shared)
 
 
 class Coca:
@@ -401,7 +443,7 @@ class Coca:
                 f"the chat template of {vlm.name} ignores system turns, so position=system adds no "
                 "principle; use coca:position=before"
             )
-        out = decode_pairs(vlm, p, q, self.config.alpha, config)
+        out = decode_pairs(vlm, p, q, self.config.alpha, config, share=self.config.share)
         n = len(conversations)
         results = []
         for i in range(n):
@@ -420,6 +462,7 @@ class Coca:
                     details={
                         "alpha": self.config.alpha,
                         "principle": self.principle_for(categories[i] if categories else None),
+                        "shared_prefix_tokens": out.shared_tokens[i],
                     },
                 )
             )

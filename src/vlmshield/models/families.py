@@ -41,6 +41,11 @@ class FamilyInfo:
             rows as alone. False for Mllama: transformers 5.24 masks a text-only row's cross-attention
             MLP but not its attention output, so that row attends uniformly over the batch's padded
             image tiles (run such rows in their own batch when exactness matters).
+        shared_prefix: CoCA may prefill the prefix its two branches share once and continue both from
+            its KV cache (:mod:`vlmshield.defenses.coca_prefix`). True where positions follow the
+            attention mask (1-D rotary positions) and the contract test finds the same tokens as
+            the plain layout; False where a family computes positions its own way (Qwen's and GLM's
+            multimodal rotary positions keep per-batch state) or masks image tokens specially.
         status: ``"supported"``, or why the family cannot run here (shown by ``vlmshield list``).
     """
 
@@ -55,6 +60,7 @@ class FamilyInfo:
     skip_layer_types: tuple[str, ...] = ()
     image_backend: str | None = None
     mixed_batches_exact: bool = True
+    shared_prefix: bool = False
     status: str = "supported"
 
 
@@ -64,23 +70,23 @@ _TEXT = ("model.text_model.layers", "text_model.layers")
 FAMILIES: dict[str, FamilyInfo] = {
     f.model_type: f
     for f in (
-        FamilyInfo("llava", "LLaVA-1.5", False, 1, _LM),
-        FamilyInfo("llava_next", "LLaVA-NeXT", False, 1, _LM),
+        FamilyInfo("llava", "LLaVA-1.5", False, 1, _LM, shared_prefix=True),
+        FamilyInfo("llava_next", "LLaVA-NeXT", False, 1, _LM, shared_prefix=True),
         FamilyInfo("qwen2_vl", "Qwen2-VL", False, 16, _LM),
         FamilyInfo("qwen2_5_vl", "Qwen2.5-VL", False, 16, _LM),
-        FamilyInfo("idefics3", "Idefics3", True, 8, _TEXT),
-        FamilyInfo("smolvlm", "SmolVLM", True, 8, _TEXT),
-        FamilyInfo("gemma3", "Gemma 3", True, 8, _LM),
+        FamilyInfo("idefics3", "Idefics3", True, 8, _TEXT, shared_prefix=True),
+        FamilyInfo("smolvlm", "SmolVLM", True, 8, _TEXT, shared_prefix=True),
+        FamilyInfo("gemma3", "Gemma 3", True, 8, _LM, shared_prefix=True),
         FamilyInfo("qwen3_vl", "Qwen3-VL", False, 16, _LM),
         FamilyInfo("qwen3_vl_moe", "Qwen3-VL-MoE", False, 16, _LM),
         FamilyInfo("qwen3_5", "Qwen3.5", False, 16, _LM),
         FamilyInfo("qwen3_5_moe", "Qwen3.5-MoE", False, 16, _LM),
         FamilyInfo("gemma4", "Gemma 4", True, 8, _LM, system_text=True),
-        FamilyInfo("llava_onevision", "LLaVA-OneVision", False, 8, _LM),
-        FamilyInfo("internvl", "InternVL 3", False, 8, _LM),
-        FamilyInfo("mistral3", "Mistral Small 3.1", False, 8, _LM),
-        FamilyInfo("aya_vision", "Aya Vision", False, 8, _LM),
-        FamilyInfo("idefics2", "Idefics2", True, 8, _TEXT),
+        FamilyInfo("llava_onevision", "LLaVA-OneVision", False, 8, _LM, shared_prefix=True),
+        FamilyInfo("internvl", "InternVL 3", False, 8, _LM, shared_prefix=True),
+        FamilyInfo("mistral3", "Mistral Small 3.1", False, 8, _LM, shared_prefix=True),
+        FamilyInfo("aya_vision", "Aya Vision", False, 8, _LM, shared_prefix=True),
+        FamilyInfo("idefics2", "Idefics2", True, 8, _TEXT, shared_prefix=True),
         FamilyInfo(
             "llama4",
             "Llama 4",
@@ -93,7 +99,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         ),
         FamilyInfo("glm4v", "GLM-4.1V", False, 8, _LM),
         FamilyInfo("lfm2_vl", "LFM2-VL", True, 8, _LM),
-        FamilyInfo("cohere2_vision", "Command A Vision", False, 8, _LM),
+        FamilyInfo("cohere2_vision", "Command A Vision", False, 8, _LM, shared_prefix=True),
         FamilyInfo(
             "mllama",
             "Llama 3.2 Vision",
