@@ -14,7 +14,10 @@ CUDA's peak allocated bytes, or the process's peak RSS on a CPU.
 The last line printed is one JSON object with ``coca_vs_vanilla_b1``, ``coca_vs_vanilla_b8``,
 ``coca_vs_naive``, ``ecso_safe_vs_vanilla_b8``, ``ecso_flagged_vs_vanilla_b8``,
 ``cmrm_dataset_vs_vanilla_b8``, ``cmrm_sample_vs_vanilla_b8`` (and the same for every batch size
-asked), the medians in seconds, peak memory, the device's name and every setting.
+asked), the medians in seconds, peak memory, the device's name and every setting. CoCA's shared
+prefill is measured against its plain layout (``coca_separate``, ``coca:share=false``, the same
+tokens): ``coca_shared_vs_separate_b8`` for the whole generation, ``coca_prefill_vs_vanilla_b8`` and
+``coca_prefill_separate_vs_vanilla_b8`` for the prefill alone (one new token).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main() -> None:
         vectors = calibrate_cmrm(vlm, anchors, batch_size=4).save(Path(tmp) / "v.safetensors")
         built = {  # built once, outside the timed calls
             "coca": coca,
+            "coca_separate": Coca(alpha=1.0, share=False),
             "ecso_safe": build_defense("ecso:force_flag=never"),
             "ecso_flagged": build_defense("ecso:force_flag=always"),
             "cmrm_dataset": build_defense(f"cmrm:vectors={vectors}"),
@@ -91,6 +95,7 @@ def main() -> None:
         }
         out: dict[str, object] = {}
         medians: dict[str, float] = {}
+        one = GenerationConfig(max_new_tokens=1, min_new_tokens=1)
         for b in args.batches:
 
             def timed(fn: Callable[[], object]) -> Callable[[], object]:
@@ -106,6 +111,26 @@ def main() -> None:
             times = interleaved_times(fns, repeats=args.repeats, warmup=1)
             for k in defenses:
                 out[f"{k}_vs_vanilla_b{b}"] = round(median_ratio(times, f"{k}_b{b}", f"vanilla_b{b}"), 3)
+            out[f"coca_shared_vs_separate_b{b}"] = round(
+                median_ratio(times, f"coca_b{b}", f"coca_separate_b{b}"), 3
+            )
+            # the prefill alone (one new token): what sharing the prefix and the images saves there
+            prefill = interleaved_times(
+                {
+                    "vanilla": timed(lambda b=b: vlm.generate(convs[:b], one)),
+                    "shared": timed(lambda b=b: coca.generate(vlm, convs[:b], one)),
+                    "separate": timed(lambda b=b: built["coca_separate"].generate(vlm, convs[:b], one)),
+                },
+                repeats=args.repeats,
+                warmup=1,
+            )
+            out[f"coca_prefill_vs_vanilla_b{b}"] = round(median_ratio(prefill, "shared", "vanilla"), 3)
+            out[f"coca_prefill_separate_vs_vanilla_b{b}"] = round(
+                median_ratio(prefill, "separate", "vanilla"), 3
+            )
+            out[f"coca_shared_prefix_tokens_b{b}"] = coca.generate(vlm, convs[:1], one)[0].details[
+                "shared_prefix_tokens"
+            ]
             medians.update({k: round(statistics.median(v), 3) for k, v in times.items()})
             print(
                 json.dumps({"batch": b, **{k: v for k, v in out.items() if k.endswith(f"_b{b}")}}),
