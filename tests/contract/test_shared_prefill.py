@@ -20,6 +20,7 @@ import pytest
 from vlmshield import GenerationConfig
 from vlmshield.defenses.coca import Coca, decode_pairs
 from vlmshield.models.families import FAMILIES as ROWS
+from vlmshield.models.hooks import edit_layer_outputs
 from vlmshield.models.image_features import image_encoder_kwargs
 
 CFG = GenerationConfig(max_new_tokens=12)
@@ -78,3 +79,13 @@ def test_each_image_is_encoded_once(vlm, convs, monkeypatch):
         rows[share] = sum(seen)
     assert rows[False] > 0
     assert rows[True] * 2 == rows[False]
+
+
+def test_no_sharing_while_a_steering_hook_edits_the_layers(load_tiny, convs):
+    vlm = load_tiny("llava")
+    p, q = Coca().branches(convs)
+    assert all(decode_pairs(vlm, p, q, 1.0, GenerationConfig(max_new_tokens=1)).shared_tokens)
+    with edit_layer_outputs(vlm.decoder_layers()[0], lambda h: h):
+        out = decode_pairs(vlm, p, q, 1.0, GenerationConfig(max_new_tokens=1))
+    assert out.shared_tokens == [0] * len(convs)
+    assert all(decode_pairs(vlm, p, q, 1.0, GenerationConfig(max_new_tokens=1)).shared_tokens)

@@ -142,7 +142,7 @@ def test_per_request_defense_params_follow_the_allow_list(
         extra_body={"vlmshield": {"defense_params": {"alpha": 3.0}, "details": True}},
     )
     assert r.choices[0].message.content == _local(tiny, "tiny:coca", vectors, test_image, alpha=3.0)
-    assert r.model_extra is not None and r.model_extra["vlmshield"]["details"] == {"alpha": 3.0}
+    assert r.model_extra is not None and r.model_extra["vlmshield"]["details"]["alpha"] == 3.0
     for model_id, params, match in [
         ("tiny:coca", {"principle": "anything goes"}, "not allowed"),
         ("tiny:ecso", {"force_flag": "never"}, "not allowed"),

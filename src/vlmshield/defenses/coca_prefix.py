@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
+from vlmshield.models.derived_inputs import DerivedInputs, derive
+from vlmshield.models.hooks import is_edited
 from vlmshield.models.image_features import image_encoder_kwargs
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ class SharedPrefix:
         shared_tokens: per sample, the prefix length computed once instead of twice.
     """
 
-    inputs: dict[str, Any]
+    inputs: DerivedInputs
     prompt_mask: torch.Tensor
     shared_tokens: list[int]
 
@@ -101,9 +103,9 @@ def _rearrange(
 
 
 def _steered(vlm: VLM) -> bool:
-    """Whether forward hooks sit on the decoder layers (a steering defense composed with CoCA, whose
+    """Whether a steering defense edits the decoder layers' outputs now (CMRM composed with CoCA:
     per-row shifts may treat a pair's P and Q rows differently, so their prefixes differ)."""
-    return any(layer._forward_hooks or layer._forward_pre_hooks for layer in vlm.decoder_layers())
+    return any(is_edited(layer) for layer in vlm.decoder_layers())
 
 
 @torch.inference_mode()
@@ -149,7 +151,7 @@ def share_prefix(vlm: VLM, inputs: Any, n: int, max_new_tokens: int) -> SharedPr
         **prefix, **images, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
     )
     cache.reorder_cache(torch.arange(n, device=prefix_mask.device).repeat(2))  # type: ignore[arg-type]
-    generate_inputs: dict[str, Any] = {**full, "cache": cache}
+    generate_inputs = derive(inputs, {**full, "cache": cache})
     return SharedPrefix(
         inputs=generate_inputs, prompt_mask=full["attention_mask"].bool(), shared_tokens=lengths
     )

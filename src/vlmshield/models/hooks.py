@@ -19,6 +19,15 @@ from torch import nn
 
 HiddenFn = Callable[[torch.Tensor], torch.Tensor]
 
+#: How many :func:`edit_layer_outputs` blocks are active on each layer (keyed by ``id(layer)``).
+_EDITS: dict[int, int] = {}
+
+
+def is_edited(layer: nn.Module) -> bool:
+    """Whether an :func:`edit_layer_outputs` block is changing ``layer``'s outputs right now (steering
+    defenses; transformers' own output-recording hooks do not count)."""
+    return _EDITS.get(id(layer), 0) > 0
+
 
 def _hidden_of(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
@@ -39,10 +48,14 @@ def edit_layer_outputs(layer: nn.Module, fn: HiddenFn) -> Iterator[None]:
         return _replace_hidden(output, fn(_hidden_of(output)))
 
     handle = layer.register_forward_hook(hook)
+    _EDITS[id(layer)] = _EDITS.get(id(layer), 0) + 1
     try:
         yield
     finally:
         handle.remove()
+        _EDITS[id(layer)] -= 1
+        if not _EDITS[id(layer)]:
+            del _EDITS[id(layer)]
 
 
 @contextmanager

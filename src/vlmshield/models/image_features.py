@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlmshield.models.derived_inputs import derive
+
 if TYPE_CHECKING:
     from vlmshield.models.adapter import VLM
 
@@ -76,4 +78,4 @@ def encode_images_once(vlm: VLM, inputs: Any, copies: int = 2) -> Any:
         fields["deepstack_features"] = [_repeat(layer, copies) for layer in deepstack]
     shared = {k: v for k, v in inputs.items() if k not in PIXEL_KEYS}
     shared["mm_encoder_outputs"] = {"image": type(out)(**fields)}
-    return shared
+    return derive(inputs, shared)

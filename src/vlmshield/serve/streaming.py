@@ -5,7 +5,8 @@ real :class:`~vlmshield.models.VLM` (same model, processor and layers) whose ``g
 more logits processor, a :class:`TokenObserver`. A logits processor sees every row's tokens so far at
 each decoding step and returns the scores untouched; the observer decodes the new tokens of the rows
 that belong to streaming requests and posts the text. A request's row is the row of the encoded batch
-whose conversation *is* (by identity) the request's conversation: the row of ``none`` and ``cmrm``,
+whose conversation *is* (by identity) the request's conversation (inputs a defense rebuilt from an
+encoding, such as CoCA's shared prefill, lead back to it): the row of ``none`` and ``cmrm``,
 and CoCA's principle-free branch, which is forced to the same token as its principle branch at every
 step. Only the first ``generate`` call that holds a request's conversation streams it; defenses that
 answer in several calls (ECSO) are streamed as a whole once they finish.
@@ -40,6 +41,7 @@ from transformers import LogitsProcessor
 from vlmshield.conversation import Conversation
 from vlmshield.generation import GenerationConfig, GenerationOutput
 from vlmshield.models import VLM
+from vlmshield.models.derived_inputs import source_of
 from vlmshield.serve.batching import BatchAborted, Done, Event, Failed, Job
 
 
@@ -132,7 +134,7 @@ class ObservedVLM(VLM):
         **kwargs: Any,
     ) -> GenerationOutput:
         rows: dict[int, Job] = {}
-        if self._encoded is not None and self._encoded[0] is inputs:
+        if self._encoded is not None and self._encoded[0] is source_of(inputs):
             index = {id(c): r for r, c in enumerate(self._encoded[1])}  # the last row holding it wins
             for job in self._jobs:
                 r = index.get(id(job.conv))
