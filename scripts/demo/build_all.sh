@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Rebuild the demo VLM's artifacts from scratch, then measure them (one CPU thread per job).
-# Run from the repository root. Intermediate data goes to .cache/demo-build/ (git-ignored).
+# Run from the repository root. Intermediate data goes to .cache/demo-build/ (git-ignored); every step
+# resumes where it stopped. Stage 2 starts from a new vision tower: move an old vision.safetensors away.
 set -euo pipefail
 export PYTHONPATH=scripts/demo
 PY=.venv/bin/python
 $PY scripts/demo/check_overlap.py                 # training prompts vs mini / SafeBench
-$PY scripts/demo/gen_answers.py                   # base-model answers, cached JSONL (~3-5 min)
-$PY scripts/demo/train_text.py                    # stage 1: text safety LoRA (~6-20 min)
-$PY scripts/demo/train_vision.py                  # stage 2: visual instruction tuning (~10-25 min)
-$PY scripts/demo/evaluate.py --tag s1 --configs base aligned demo
-$PY scripts/demo/evaluate.py --tag s1 --configs aligned --modes image   # untrained vision path
+$PY scripts/demo/gen_answers.py                   # base-model answers, cached JSONL (~10 min)
+$PY scripts/demo/train_text.py                    # stage 1: text safety LoRA + judgements (~10-22 min)
+$PY scripts/demo/mine_lookalikes.py --out .cache/demo-build/mined.json
+$PY scripts/demo/train_vision.py --mined .cache/demo-build/mined.json --proj-lr 3e-3 --tower-lr 1e-3  # stage 2, LM frozen (~9 min)
+$PY scripts/demo/calibrate_cmrm.py                # CMRM dataset-level vectors (sequential)
+$PY scripts/demo/story.py                         # the story table (vlmshield eval runs, ~10 min)
+$PY scripts/demo/ecso_check.py                    # ECSO's check flag rates

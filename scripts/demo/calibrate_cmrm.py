@@ -3,13 +3,16 @@
 Anchors: 64 benign (synthetic image, generic question) pairs, disjoint from the ``mini`` benchmark
 (its images use scene seeds 1_000_000+, these 3_000_000+, and none of its questions), built here:
 
-    .venv/bin/python scripts/demo/calibrate_cmrm.py
+    .venv/bin/python scripts/demo/calibrate_cmrm.py [--model DIR] [--out FILE]
 
-writes ``src/vlmshield/demo/artifacts/cmrm_vectors.safetensors`` through ``vlmshield calibrate cmrm``.
+writes ``src/vlmshield/demo/artifacts/cmrm_vectors.safetensors`` through ``vlmshield calibrate cmrm``
+with CMRM's defaults written out: ``--mode sequential`` (each layer's vector measured with the earlier
+layers already steered, so nothing compounds), all positions, all layers, blank-image corruption, mean.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -35,6 +38,10 @@ SEED0 = 3_000_000
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="demo", help="'demo' or a checkpoint directory")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(N):
@@ -44,8 +51,10 @@ def main() -> None:
         lines.append(json.dumps({"image": path.name, "query": QUESTIONS[i % len(QUESTIONS)]}))
     anchors = WORK / "anchors.jsonl"
     anchors.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "vlmshield.cli.main", "calibrate", "cmrm", "--model", "demo"]
-    cmd += ["--anchor", str(anchors), "--out", str(OUT), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "vlmshield.cli.main", "calibrate", "cmrm", "--model", args.model]
+    cmd += ["--anchor", str(anchors), "--out", str(args.out), "--device", "cpu"]
+    cmd += ["--mode", "sequential", "--positions", "all", "--layers", "all"]
+    cmd += ["--corruption", "blank", "--aggregator", "mean"]
     subprocess.run(cmd, check=True)
 
 

@@ -1,6 +1,6 @@
 """Check that the demo's training prompts are disjoint from the evaluation prompts.
 
-Compares every training prompt (harmful + benign + borderline + image questions) with the ``mini``
+Compares every training prompt (harmful + benign + borderline, stage 1 and 2, judged + image questions) with the ``mini``
 benchmark's queries and instructions and with FigStep SafeBench (500 questions, when ``../shared`` has
 them): exact matches after normalisation, and content-word Jaccard similarity. Prints the closest pairs
 and exits 1 if any pair reaches ``--max-jaccard``.
@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--max-jaccard", type=float, default=0.5)
     args = ap.parse_args()
     train = [e.prompt for e in data.harmful_examples()] + [e.prompt for e in data.benign_prompts()]
+    train += [e.prompt for e in data.vision_benign_prompts()] + [e.prompt for e in data.harmful_for_judging()]
     train += sorted({it.question for it in data.vision_items()})
     evals: list[tuple[str, str]] = []
     for it in json.loads(MINI.read_text())["items"]:

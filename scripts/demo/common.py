@@ -71,15 +71,30 @@ def export_lora(loras: dict[str, LoRALinear], path: Path) -> None:
     save_file(tensors, str(path), metadata={"scale": str(scale), "format": "vlmshield-demo-lora-1"})
 
 
-def lm_loss(decoder: nn.Module, lm_head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy on the labelled positions only (the LM head runs only there)."""
+def lm_loss(
+    decoder: nn.Module,
+    lm_head: nn.Module,
+    batch: dict[str, torch.Tensor],
+    first_weight: float = 1.0,
+    first_n: int = 3,
+) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled positions only (the LM head runs only there).
+
+    ``first_weight``: weight of each row's first ``first_n`` answer tokens (the ones that decide between
+    answering and refusing) relative to the rest; 1 = a plain token mean.
+    """
     labels = batch["labels"]
     kw = {k: v for k, v in batch.items() if k != "labels"}
     hidden = decoder(**kw).last_hidden_state[:, :-1]
     target = labels[:, 1:]
     sel = target != -100
     logits = lm_head(hidden[sel]).float()
-    return nn.functional.cross_entropy(logits, target[sel])
+    if first_weight == 1.0:
+        return nn.functional.cross_entropy(logits, target[sel])
+    rank = sel.long().cumsum(dim=1) - 1  # index of each labelled position within its row's answer
+    w = torch.where(rank < first_n, first_weight, 1.0)[sel]
+    ce = nn.functional.cross_entropy(logits, target[sel], reduction="none")
+    return (ce * w).sum() / w.sum()
 
 
 def log(msg: str) -> None:
@@ -174,7 +189,7 @@ def train(
         torch.nn.utils.clip_grad_norm_([params[n] for n in names_in_order], 1.0)
         opt.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 5 == 0 or step == total:
             el = time.time() - t0
             log(

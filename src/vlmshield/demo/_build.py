@@ -6,8 +6,9 @@ that what is trained is exactly what ships.
 Artifacts (``src/vlmshield/demo/artifacts/``, safetensors only):
 
 - ``text_lora.safetensors``: stage 1, the text-only safety LoRA of the backbone;
-- ``vision.safetensors``: the vision tower (random-init, frozen) and the trained projector;
-- ``vision_lora.safetensors``: stage 2, the LoRA of visual instruction tuning.
+- ``vision.safetensors``: the vision tower and the trained projector (metadata ``patch_size``);
+- ``vision_lora.safetensors`` (optional): a LoRA of visual instruction tuning. Demo v2 has none: its
+  stage 2 keeps the language model frozen, so text-only inputs run exactly the aligned backbone.
 
 A LoRA file holds ``<module>.lora_A`` (r x in) and ``<module>.lora_B`` (out x r) for modules named
 relative to the decoder (``layers.3.self_attn.q_proj``); its metadata holds ``scale`` (alpha / r).
@@ -29,8 +30,9 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 64
-PATCH_SIZE = 16
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 16
+#: Patch size of a new (untrained) vision tower; a ``vision.safetensors`` artifact records its own
+#: (``patch_size`` metadata; files without it are 16). 8 px patches give 64 image tokens.
+PATCH_SIZE = 8
 VISION_SEED = 0
 
 #: ChatML (SmolLM2's format) without a default system prompt; image content parts become ``<image>``.
@@ -128,7 +130,22 @@ def merge_lora(decoder: Any, path: Path) -> int:
     return n
 
 
-def vision_config() -> Any:
+def num_image_tokens(patch_size: int) -> int:
+    return (IMAGE_SIZE // patch_size) ** 2
+
+
+def artifact_patch_size(artifacts: Path = ARTIFACTS) -> int:
+    """Patch size of the vision tower in ``artifacts/vision.safetensors`` (:data:`PATCH_SIZE` if none)."""
+    vis = artifacts / "vision.safetensors"
+    if not vis.is_file():
+        return PATCH_SIZE
+    from safetensors import safe_open
+
+    with safe_open(str(vis), framework="pt") as f:
+        return int((f.metadata() or {}).get("patch_size", "16"))
+
+
+def vision_config(patch_size: int = PATCH_SIZE) -> Any:
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
@@ -137,7 +154,7 @@ def vision_config() -> Any:
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         projection_dim=128,
     )
 
@@ -156,6 +173,7 @@ def build_model(stages: Sequence[str] = ("text", "vision"), artifacts: Path = AR
         LlavaProcessor,
     )
 
+    patch_size = artifact_patch_size(artifacts)
     tok, lm = load_backbone()
     if "text" in stages:
         merge_lora(lm.model, artifacts / "text_lora.safetensors")
@@ -167,10 +185,10 @@ def build_model(stages: Sequence[str] = ("text", "vision"), artifacts: Path = AR
     text_config.vocab_size = len(tok)
     text_config.pad_token_id = tok.pad_token_id
     config = LlavaConfig(
-        vision_config=vision_config(),
+        vision_config=vision_config(patch_size),
         text_config=text_config,
         image_token_index=image_token_id,
-        image_seq_length=NUM_IMAGE_TOKENS,
+        image_seq_length=num_image_tokens(patch_size),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -213,7 +231,7 @@ def build_model(stages: Sequence[str] = ("text", "vision"), artifacts: Path = AR
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
