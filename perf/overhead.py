@@ -2,6 +2,10 @@
 
     python perf/overhead.py --size 0.5b --device cpu --max-new-tokens 64 --batches 1 8
     python perf/overhead.py --size 7b --device cuda --dtype bfloat16 --max-new-tokens 256 --batches 1 8 32
+    python perf/overhead.py --model llava-hf/llava-1.5-7b-hf --device cuda   # a real checkpoint instead
+
+``--model`` takes anything ``vlmshield.load_vlm`` loads (a hub id, a local checkpoint directory,
+``demo``) in place of ``--size``'s random-weight architectures.
 
 Random weights in the published architectures (``perf/_realsize.py``); every generation is forced to
 exactly ``--max-new-tokens`` (``min_new_tokens`` = ``max_new_tokens``: no early EOS), greedy. The
@@ -41,6 +45,7 @@ from vlmshield import GenerationConfig
 from vlmshield.defenses import build_defense
 from vlmshield.defenses.cmrm import calibrate_cmrm
 from vlmshield.defenses.coca import Coca
+from vlmshield.models import load_vlm
 from vlmshield.testing.reference import naive_coca
 
 
@@ -58,6 +63,7 @@ def _sync(device: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=SIZES, default="0.5b")
+    ap.add_argument("--model", default=None, help="a checkpoint for load_vlm, instead of --size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 256 on CUDA, 64 on a CPU")
@@ -73,7 +79,10 @@ def main() -> None:
     naive_tokens = args.naive_tokens if args.naive_tokens is not None else ([128, 512] if cuda else [32])
 
     t0 = time.perf_counter()
-    vlm = realsize_vlm(args.size, device=args.device, dtype=dtype)
+    if args.model:
+        vlm = load_vlm(args.model, device=args.device, dtype=dtype)
+    else:
+        vlm = realsize_vlm(args.size, device=args.device, dtype=dtype)
     load_s = time.perf_counter() - t0
     convs = image_conversations(max(args.batches), size=(336, 336))
     n = args.max_new_tokens or (256 if cuda else 64)
@@ -163,7 +172,8 @@ def main() -> None:
                 "median_seconds": medians,
                 **_peak_memory(args.device),
                 "settings": {
-                    "size": args.size,
+                    "size": None if args.model else args.size,
+                    "model": args.model,
                     "device": args.device,
                     "device_name": device_name,
                     "dtype": dtype,
