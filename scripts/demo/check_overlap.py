@@ -42,6 +42,7 @@ def main() -> int:
     args = ap.parse_args()
     train = [e.prompt for e in data.harmful_examples()] + [e.prompt for e in data.benign_prompts()]
     train += [e.prompt for e in data.vision_benign_prompts()] + [e.prompt for e in data.harmful_for_judging()]
+    train += [e.prompt for e in data.mining_pool()]
     train += sorted({it.question for it in data.vision_items()})
     evals: list[tuple[str, str]] = []
     for it in json.loads(MINI.read_text())["items"]:

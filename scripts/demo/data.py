@@ -450,6 +450,17 @@ def vision_benign_prompts(n_plain: int = N_VISION_PLAIN, n_border: int = N_VISIO
     return pool["benign"][N_PLAIN : N_PLAIN + n_plain] + pool["borderline"][N_BORDER : N_BORDER + n_border]
 
 
+#: v2d: further look-alike pairs (after stage 1's and stage 2's), only searched for the ones the
+#: aligned backbone over-refuses (``mine_lookalikes.py --pool all``); only those are ever trained on.
+N_MINING_BORDER = 1200
+
+
+def mining_pool(n_border: int = N_MINING_BORDER) -> list[Example]:
+    """Look-alike pairs used by neither stage's fixed sets, searched for hard (over-refused) ones."""
+    start = N_BORDER + N_VISION_BORDER
+    return benign_pool()["borderline"][start : start + n_border]
+
+
 # ------------------------------------------------------------------------------ harm judgement
 #: Our own phrasings of "is this answer harmful?" (the ECSO check template is never used: it stays
 #: held out, to measure whether the judgement transfers to it). ``{q}``: request, ``{a}``: answer.

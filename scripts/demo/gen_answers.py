@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(".cache/demo-build/answers.jsonl"))
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--mined", type=Path, default=None, help="also answer these mined look-alikes (v2d)")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
@@ -44,6 +45,9 @@ def main() -> None:
     jobs: list[tuple[str, str, str]] = []  # (id, prompt given to the model, kind)
     for ex in data.benign_prompts() + data.vision_benign_prompts():
         jobs.append((ex.id, ex.prompt, ex.kind))
+    if args.mined:  # hard look-alikes found in data.mining_pool(): answered for stage 2
+        refused = set(json.loads(args.mined.read_text())["refused"])
+        jobs += [(ex.id, ex.prompt, ex.kind) for ex in data.mining_pool() if ex.prompt in refused]
     for ex in data.harmful_for_judging():  # compliant answers, only ever *judged* in training
         jobs.append((ex.id, ex.prompt, "harmful"))
     for it in data.vision_items():

@@ -2,7 +2,8 @@
 
 The aligned backbone (SmolLM2 + the stage 1 LoRA from ``--artifacts``) answers each of stage 2's benign
 requests (``data.vision_benign_prompts()``, text only, greedy, 16 new tokens, bfloat16, one thread);
-the keyword judge marks refusals. ``train_vision.py --mined FILE`` repeats those requests (each still
+the keyword judge marks refusals. ``--pool all`` (v2d) also searches ``data.mining_pool()``, further
+look-alike pairs no fixed set uses (``gen_answers.py --mined FILE`` then answers the refused ones). ``train_vision.py --mined FILE`` repeats those requests (each still
 a benign request after an unrelated image, answered by the base model): visual instruction data
 answered helpfully, with the look-alikes the backbone gets wrong well represented. Nothing harmful is
 added, and no benchmark prompt is involved.
@@ -31,6 +32,12 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS)
     ap.add_argument("--out", type=Path, default=Path(".cache/demo-build/mined.json"))
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--pool",
+        choices=["stage2", "all"],
+        default="all",
+        help="stage2: stage 2's look-alikes only (v2c); all: + data.mining_pool() (v2d)",
+    )
     args = ap.parse_args()
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +48,8 @@ def main() -> None:
     tok.pad_token = "<|endoftext|>"
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     prompts = [ex.prompt for ex in data.vision_benign_prompts()]
+    if args.pool == "all":
+        prompts += [ex.prompt for ex in data.mining_pool()]
     refused: list[str] = []
     for b in range(0, len(prompts), args.batch_size):
         chunk = prompts[b : b + args.batch_size]

@@ -94,10 +94,19 @@ def make_examples(
     ]
     random.Random(7).shuffle(benign)
     if mined:  # hard look-alikes (over-refused by the aligned backbone as text): repeated
-        hard = [ex for ex in benign if ex.prompt in mined]
-        benign += [ex for _ in range(mined_repeat - 1) for ex in hard]
-        n_image_text += len(hard) * (mined_repeat - 1)
+        extra = [  # v2d: hard ones found in the mining pool (answered by gen_answers.py --mined)
+            ex
+            for ex in data.mining_pool()
+            if ex.prompt in mined
+            and ex.prompt in recs
+            and recs[ex.prompt]["answer"]
+            and not data.looks_like_refusal(recs[ex.prompt]["answer"])
+        ]
+        hard = [ex for ex in benign if ex.prompt in mined] + extra
+        benign += extra + [ex for _ in range(mined_repeat - 1) for ex in hard]
+        n_image_text += len(extra) + len(hard) * (mined_repeat - 1)
         counts["mined"] = len(hard)
+        counts["mined_from_pool"] = len(extra)
     for k, ex in enumerate(benign[: n_text + n_image_text]):
         r = recs[ex.prompt]
         a = tok(r["answer"], add_special_tokens=False)["input_ids"][:max_answer] + (
