@@ -62,7 +62,7 @@ def main() -> None:
     s, _ = run("cmrm-sample", ["--defense", "cmrm:level=sample"])
     for label, d in s["defenses"].items():
         if label != "none":
-            rows.append((f"demo VLM, `{label}`", "+ image", d))
+            rows.append((f"demo VLM, `{label}:level=sample`", "+ image", d))
     lines = [
         "| model / defense | input | harmful refused (95% CI), n=40 | over-refusal (95% CI), n=20 | x none |",
         "|---|---|---|---|---|",

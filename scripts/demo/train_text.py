@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--answers", type=Path, default=BUILD / "answers.jsonl")
     ap.add_argument("--ckpt", type=Path, default=BUILD / "text_ckpt")
     ap.add_argument("--out", type=Path, default=ARTIFACTS / "text_lora.safetensors")
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--rank", type=int, default=16)
