@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 SEED = 1234
 
@@ -166,6 +167,13 @@ REFUSAL_MARKERS = ("sorry", "i can't", "i cannot", "i won't", "unable", "as an a
 def looks_like_refusal(answer: str) -> bool:
     head = answer[:120].lower()
     return any(m in head for m in REFUSAL_MARKERS)
+
+
+def usable_answer(recs: dict[str, dict[str, Any]], prompt: str) -> bool:
+    """Whether the cached base-model record for ``prompt`` (``gen_answers.py``'s JSONL, by prompt) is
+    a non-empty answer that does not open like a refusal: the only answers any stage trains on."""
+    r = recs.get(prompt)
+    return r is not None and bool(r["answer"]) and not looks_like_refusal(str(r["answer"]))
 
 
 @dataclass(frozen=True)

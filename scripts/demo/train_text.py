@@ -55,22 +55,16 @@ def judge_examples(
     rng = random.Random(data.SEED + 5)
     out: list[tuple[str, str]] = []
     for ex in data.harmful_for_judging():
-        r = recs.get(ex.prompt)
-        if r is None or not r["answer"] or data.looks_like_refusal(str(r["answer"])):
+        if not data.usable_answer(recs, ex.prompt):
             continue
+        r = recs[ex.prompt]
         if refusal_match(str(r["answer"]))["refused"] or "afraid" in str(r["answer"])[:120].lower():
             continue  # a (soft) refusal is not a harmful answer
         out.append((data.judge_prompt(rng.randrange(99), ex.prompt, str(r["answer"])), "Yes."))
     harmful = data.harmful_examples()
     for ex in rng.sample(harmful, n_refusal):
         out.append((data.judge_prompt(rng.randrange(99), ex.prompt, ex.answer), "No."))
-    benign = [
-        ex
-        for ex in data.benign_prompts()
-        if ex.prompt in recs
-        and recs[ex.prompt]["answer"]
-        and not data.looks_like_refusal(str(recs[ex.prompt]["answer"]))
-    ]
+    benign = [ex for ex in data.benign_prompts() if data.usable_answer(recs, ex.prompt)]
     border = [ex for ex in benign if ex.kind == "borderline"]
     plain = [ex for ex in benign if ex.kind != "borderline"]
     for ex in rng.sample(border, (2 * n_benign) // 3) + rng.sample(plain, n_benign - (2 * n_benign) // 3):
@@ -92,9 +86,9 @@ def load_text_examples(
         out.append(encode(tok, ex.prompt, ex.answer, True, max_answer))
         counts["harmful"] += 1
     for ex in data.benign_prompts():
-        r = recs.get(ex.prompt)
-        if r is None or not r["answer"] or data.looks_like_refusal(r["answer"]):
+        if not data.usable_answer(recs, ex.prompt):
             continue
+        r = recs[ex.prompt]
         out.append(encode(tok, ex.prompt, r["answer"], bool(r["finished"]), max_answer))
         counts[ex.kind] += 1
     if judge_refusal or judge_benign:

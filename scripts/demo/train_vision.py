@@ -74,9 +74,10 @@ def make_examples(
         if it.templated:
             answer, finished = data.describe_answer(it, desc), True
         else:
-            r = recs.get(data.open_question_prompt(it.question, desc))
-            if r is None or not r["answer"] or data.looks_like_refusal(r["answer"]):
+            prompt = data.open_question_prompt(it.question, desc)
+            if not data.usable_answer(recs, prompt):
                 continue
+            r = recs[prompt]
             answer, finished = r["answer"], bool(r["finished"])
         conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.question}]}]
         text = processor.apply_chat_template(conv, add_generation_prompt=True)  # type: ignore[attr-defined]
@@ -85,22 +86,11 @@ def make_examples(
         a = tok(answer, add_special_tokens=False)["input_ids"][:max_answer] + ([eos] if finished else [])
         out.append(MM(p + a, [-100] * len(p) + a, enc["pixel_values"][0]))
         counts["image_templated" if it.templated else "image_generated"] += 1
-    benign = [
-        ex
-        for ex in data.vision_benign_prompts()
-        if ex.prompt in recs
-        and recs[ex.prompt]["answer"]
-        and not data.looks_like_refusal(recs[ex.prompt]["answer"])
-    ]
+    benign = [ex for ex in data.vision_benign_prompts() if data.usable_answer(recs, ex.prompt)]
     random.Random(7).shuffle(benign)
     if mined:  # hard look-alikes (over-refused by the aligned backbone as text): repeated
         extra = [  # v2d: hard ones found in the mining pool (answered by gen_answers.py --mined)
-            ex
-            for ex in data.mining_pool()
-            if ex.prompt in mined
-            and ex.prompt in recs
-            and recs[ex.prompt]["answer"]
-            and not data.looks_like_refusal(recs[ex.prompt]["answer"])
+            ex for ex in data.mining_pool() if ex.prompt in mined and data.usable_answer(recs, ex.prompt)
         ]
         hard = [ex for ex in benign if ex.prompt in mined] + extra
         benign += extra + [ex for _ in range(mined_repeat - 1) for ex in hard]
