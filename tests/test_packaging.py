@@ -62,3 +62,14 @@ def test_setup_installs_from_the_lock_and_the_licence_is_spdx():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0" and (ROOT / "LICENSE").is_file()
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_make_demo_is_vlmshield_eval_with_no_arguments():
+    """`make demo` runs `vlmshield eval` with no arguments, as torchrun ranks on this machine (the
+    data-parallel path gives one process's rows: tests/eval/test_distributed.py)."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = lines.index("demo: $(STAMP)")
+    recipe = [x.strip() for x in lines[start + 1 :] if x.startswith("\t")][:1]
+    assert recipe and recipe[0].endswith("/vlmshield eval"), recipe
+    assert "torchrun --standalone --nproc-per-node $(DEMO_RANKS)" in recipe[0]
+    assert "DEMO_RANKS ?= 2" in lines

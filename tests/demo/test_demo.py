@@ -155,3 +155,38 @@ def test_cache_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
     monkeypatch.setenv("VLMSHIELD_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
+
+
+def test_a_rank_other_than_0_waits_for_rank_0s_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under torchrun, transformers writes weights on rank 0 only: rank 1 must not build (its checkpoint
+    would have no weights and could win the rename), it waits for rank 0's."""
+    import threading
+
+    from vlmshield import demo as demo_mod
+
+    monkeypatch.setenv("VLMSHIELD_CACHE", str(tmp_path))
+    monkeypatch.setattr(demo_mod, "_distributed_rank", lambda: 1)
+    monkeypatch.setattr(demo_mod, "save_checkpoint", lambda out: pytest.fail("rank 1 built the checkpoint"))
+    monkeypatch.setattr(demo_mod, "WAIT_FOR_BUILD_S", 0.2)
+    with pytest.raises(ModelLoadError, match="not built by rank 0") as err:
+        demo_mod.demo_checkpoint()
+    assert "\n" not in str(err.value)
+
+    out = tmp_path / "demo" / demo_mod._version()
+
+    def build() -> None:  # what rank 0's rename into place produces
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    timer = threading.Timer(0.3, build)
+    timer.start()
+    try:
+        assert demo_mod.wait_for_checkpoint(out, timeout_s=10, poll_s=0.05) == out
+    finally:
+        timer.cancel()
+
+
+def test_no_distributed_group_means_no_rank() -> None:
+    from vlmshield.demo import _distributed_rank
+
+    assert _distributed_rank() is None

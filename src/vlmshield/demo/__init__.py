@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import time
 from pathlib import Path
 
 from vlmshield.demo._build import ARTIFACTS, gguf_path, save_checkpoint
@@ -66,4 +68,41 @@ def demo_checkpoint() -> Path:
     if (out / "config.json").is_file():
         return out
     gguf_path()  # fail early, with the install hint, before importing transformers
+    if _distributed_rank() not in (None, 0):
+        # transformers' save_pretrained writes weights on global rank 0 only: the others wait for it
+        return wait_for_checkpoint(out)
     return save_checkpoint(out)
+
+
+#: How long a rank other than 0 waits for rank 0 to build the demo checkpoint.
+WAIT_FOR_BUILD_S = 600.0
+
+
+def _distributed_rank() -> int | None:
+    """This process's global rank in an initialised torch.distributed group, else None."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return int(dist.get_rank())
+
+
+def wait_for_checkpoint(out: Path, timeout_s: float | None = None, poll_s: float = 0.5) -> Path:
+    """Wait until another process has built the checkpoint at ``out`` (its ``config.json`` appears);
+    ``timeout_s`` defaults to :data:`WAIT_FOR_BUILD_S`.
+
+    Example:
+        >>> wait_for_checkpoint(Path("/nonexistent"), timeout_s=0.0)  # doctest: +SKIP
+        Traceback (most recent call last):
+        vlmshield.errors.ModelLoadError: ...
+    """
+    timeout_s = WAIT_FOR_BUILD_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    while not (out / "config.json").is_file():
+        if time.monotonic() >= deadline:
+            raise ModelLoadError(
+                f"the demo checkpoint {out} was not built by rank 0 within {timeout_s:.0f} s: build it "
+                "once on every node first: python -c 'from vlmshield.demo import demo_checkpoint; "
+                "demo_checkpoint()'"
+            )
+        time.sleep(poll_s)
+    return out

@@ -265,6 +265,11 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp)
+        if not (tmp / "config.json").is_file():  # save_pretrained skips ranks other than 0
+            raise ModelLoadError(
+                "transformers saved no weights for the demo checkpoint (this process is not rank 0 of "
+                "a torch.distributed group): build it from rank 0 or before launching the ranks"
+            )
         processor.save_pretrained(tmp)
         _set_left_padding(tmp / "tokenizer_config.json")
         (tmp / "vlmshield_demo.json").write_text(json.dumps({"stages": list(stages)}, indent=2) + "\n")
