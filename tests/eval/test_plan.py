@@ -112,3 +112,22 @@ def test_demo_model_gets_dataset_level_cmrm_when_vectors_ship(monkeypatch, tmp_p
     assert plan.default_defenses("demo")[-1] == "cmrm:level=sample"  # not shipped: sample level
     fake.write_bytes(b"x")
     assert plan.default_defenses("demo")[-1] == f"cmrm:vectors={fake}"
+
+
+@pytest.mark.parametrize(("model", "rows"), [("demo", 32), ("some/model", 16), ("ckpt/tiny-llava", 16)])
+def test_batch_size_defaults_to_the_models_and_an_explicit_one_wins(model: str, rows: int) -> None:
+    from vlmshield.eval import manifest as mf
+
+    cfg = EvalConfig(model=model, benchmarks=["mini:text"], limit=40)
+    assert cfg.batch_size is None and cfg.rows_per_batch == rows
+    assert [len(b) for b in build_plan(cfg).batches()] == {32: [32, 8], 16: [16, 16, 8]}[rows]
+    # the default is the same run as asking for it: same folder, same recorded batch size
+    spelled = EvalConfig(model=model, benchmarks=["mini:text"], limit=40, batch_size=rows)
+    assert default_output_dir(cfg) == default_output_dir(spelled)
+    draft = mf.build_manifest(build_plan(cfg), order="length", model_revision=None, dtype=None, device=None,
+                              family=None)  # fmt: skip
+    assert draft["generation"]["batch_size"] == draft["identity"]["generation"]["batch_size"] == rows
+    other = EvalConfig(model=model, benchmarks=["mini:text"], limit=40, batch_size=8)
+    assert other.rows_per_batch == 8 and default_output_dir(other) != default_output_dir(cfg)
+    with pytest.raises(UserInputError, match="--batch-size must be >= 1"):
+        EvalConfig(model=model, batch_size=0).check()

@@ -66,7 +66,13 @@ def eval_cmd(
     limit: int | None = typer.Option(
         None, "--limit", "-l", min=1, help="At most N samples per benchmark (seeded, stratified by label)."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "--batch_size", min=1),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        "--batch_size",
+        min=1,
+        help="Rows per batch (default 16; 32 for the demo model).",
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "--max_new_tokens", min=1),
     output_dir: Path | None = typer.Option(
         None,
@@ -148,7 +154,7 @@ def eval_cmd(
     """
     from vlmshield.errors import VlmshieldError
     from vlmshield.eval.distributed import RankFailed, launched_rank
-    from vlmshield.eval.plan import EvalConfig
+    from vlmshield.eval.plan import EvalConfig, default_batch_size
     from vlmshield.eval.runner import run_eval
     from vlmshield.eval.scale import scale_options
 
@@ -190,7 +196,7 @@ def eval_cmd(
             defense=list(defense),
             judge=list(judge),
             limit=limit,
-            batch_size=batch_size,
+            batch_size=batch_size if batch_size is not None else default_batch_size(model),
             max_new_tokens=max_new_tokens,
             output_dir=str(output_dir) if output_dir else None,
             seed=seed,

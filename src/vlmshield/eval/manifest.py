@@ -213,7 +213,7 @@ def _identity(plan: EvalPlan, order: str, model_revision: str | None, dtype: str
         "generation": {
             "max_new_tokens": cfg.max_new_tokens,
             "do_sample": False,
-            "batch_size": cfg.batch_size,
+            "batch_size": cfg.rows_per_batch,
             "order": order,
         },
         "seed": cfg.seed,
@@ -263,7 +263,7 @@ def build_manifest(
         "generation": {
             "max_new_tokens": cfg.max_new_tokens,
             "do_sample": False,
-            "batch_size": cfg.batch_size,
+            "batch_size": cfg.rows_per_batch,
             "order": order,
         },
         "scale": cfg.scale.model_dump(exclude={"order"}),

@@ -9,7 +9,8 @@ How a run goes (:func:`run_eval`):
    settings: a run with different results-deciding settings is refused with a one-line error.
 3. Every rank loads the model (or connects to the remote one) and builds the judges; rank 0 writes the
    manifest, folds in the part files a killed multi-rank run left, and lists the units left to do
-   (:mod:`vlmshield.eval.shards`: batches are fixed chunks of the length-sorted sample list).
+   (:mod:`vlmshield.eval.shards`: batches are fixed chunks of the length-sorted sample list). A rank
+   that could not load the model or its judges tells rank 0, which stops every rank, naming it.
 4. Each rank answers its units (all units of a batch on one rank): for each (batch, defense) the rows
    are written in one transaction, then judged by every judge (another transaction). A failing batch
    is retried sample by sample, so one bad sample gets an error row and the others are answered.
@@ -24,7 +25,9 @@ the rows of an uninterrupted single-process run, none twice.
 Testing hook: with ``VLMSHIELD_TEST_PAUSE_AFTER_BATCHES=N`` the runner, after writing its N-th
 (batch, defense) generation unit and *before* judging it, prints ``vlmshield-test: paused after N
 batches (rank R, pid P)`` on stderr and sleeps ``VLMSHIELD_TEST_PAUSE_SECONDS`` (default 600) so a test
-can kill it; ``VLMSHIELD_TEST_PAUSE_RANK=R`` pauses only rank R.
+can kill it; ``VLMSHIELD_TEST_PAUSE_RANK=R`` pauses only rank R. With
+``VLMSHIELD_TEST_FAIL_LOAD_RANK=R`` loading the model fails on rank R (a test that one rank's load
+error stops every rank at once, with rank 0 naming it, instead of leaving rank 0 waiting).
 
 Example:
     >>> from vlmshield.eval import EvalConfig, run_eval
@@ -83,6 +86,11 @@ class RunResult:
 def _error_text(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _user_text(e: BaseException) -> str:
+    """What a user reads of ``e``: our own errors' one-line message, others with their type."""
+    return str(e) if isinstance(e, VlmshieldError) else _error_text(e)
 
 
 # ------------------------------------------------------------------------------------- generation
@@ -153,6 +161,7 @@ def _load_model(cfg: EvalConfig) -> Any:
     checkpoint on this rank's device or GPUs (:func:`~vlmshield.eval.steps.placement`)."""
     from vlmshield.backends.remote_model import RemoteModel, is_remote_model, parse_remote_model
 
+    steps.maybe_fail_loading(distributed.current().rank)
     s = cfg.scale
     if is_remote_model(cfg.model):
         world = distributed.current().world_size
@@ -252,7 +261,7 @@ def _main_step(ctx: distributed.DistContext, what: str, fn: Callable[[], Any]) -
             result = ("ok", fn())
         except Exception as e:
             if ctx.distributed:
-                message = str(e) if isinstance(e, VlmshieldError) else _error_text(e)
+                message = _user_text(e)
                 with contextlib.suppress(VlmshieldError):
                     ctx.broadcast(("error", message), what)
             raise
@@ -300,9 +309,12 @@ def _locked_run(
             vlm = _load_model(config)
         judges = build_judges(plan, vlm, world_size=ctx.world_size)
     except Exception as e:
-        if not ctx.is_main:
-            raise
-        load_error = e  # reported to every rank by the next step
+        load_error = e  # rank 0 hears of it below and stops every rank in the next step
+    # every rank tells rank 0 how loading went: a rank that raised here would leave rank 0 waiting in
+    # the next broadcast until the gloo timeout
+    load_outcomes = ctx.gather(
+        None if load_error is None else _user_text(load_error), "loading the model on every rank"
+    )
     batches: list[list[Any]] = []  # rank 0's; the other ranks get their units
     store: RunStore | None = None
     all_stats: list[dict[str, Any]] | None = None
@@ -312,6 +324,7 @@ def _locked_run(
         nonlocal store
         if load_error is not None:
             raise load_error
+        steps.raise_load_errors(load_outcomes, ctx.world_size)
         facts = steps.model_facts(vlm)
         if loaded_here and not getattr(vlm, "is_remote", False):
             facts["extra"]["placement"] = steps.placement(config).describe()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmshield.errors import UserInputError
+from vlmshield.errors import ModelLoadError, UserInputError
 from vlmshield.eval import distributed, shards
 from vlmshield.eval import manifest as mf
 from vlmshield.eval.judging import judge_pending
@@ -27,6 +27,7 @@ from vlmshield.eval.store import RunStore
 PAUSE_ENV = "VLMSHIELD_TEST_PAUSE_AFTER_BATCHES"
 PAUSE_SECONDS_ENV = "VLMSHIELD_TEST_PAUSE_SECONDS"
 PAUSE_RANK_ENV = "VLMSHIELD_TEST_PAUSE_RANK"
+FAIL_LOAD_RANK_ENV = "VLMSHIELD_TEST_FAIL_LOAD_RANK"
 
 
 @contextlib.contextmanager
@@ -71,6 +72,24 @@ def maybe_pause(units: int, rank: int = 0) -> None:
             flush=True,
         )
         time.sleep(float(os.environ.get(PAUSE_SECONDS_ENV, "600")))
+
+
+def maybe_fail_loading(rank: int) -> None:
+    """The second testing hook (see :mod:`vlmshield.eval.runner`): loading the model fails on rank
+    ``$VLMSHIELD_TEST_FAIL_LOAD_RANK``, as a rank out of memory or missing a file would."""
+    raw = os.environ.get(FAIL_LOAD_RANK_ENV)
+    if raw not in (None, "") and raw.strip() == str(rank):
+        raise ModelLoadError(f"vlmshield-test: loading failed on rank {rank} ({FAIL_LOAD_RANK_ENV})")
+
+
+def raise_load_errors(outcomes: Sequence[str | None] | None, world_size: int) -> None:
+    """Rank 0: stop the run when another rank could not load the model or its judges (``outcomes``:
+    each rank's error message or None, in rank order, as gathered after loading)."""
+    failed = [(rank, text) for rank, text in enumerate(outcomes or []) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        more = f" (and {len(failed) - 1} other ranks)" if len(failed) > 1 else ""
+        raise ModelLoadError(f"rank {rank} of {world_size} could not load the model{more}: {text}")
 
 
 def model_facts(vlm: Any) -> dict[str, Any]:
@@ -228,16 +247,19 @@ def prepare_store(
 
 
 __all__ = [
+    "FAIL_LOAD_RANK_ENV",
     "PAUSE_ENV",
     "PAUSE_RANK_ENV",
     "PAUSE_SECONDS_ENV",
     "lock_run_dir",
+    "maybe_fail_loading",
     "maybe_pause",
     "merge_parts",
     "model_facts",
     "placement",
     "prepare_store",
     "prompt_lengths",
+    "raise_load_errors",
     "score_fn",
     "warm_up",
 ]
