@@ -68,7 +68,7 @@ def test_make_demo_is_vlmshield_eval_with_no_arguments():
     """`make demo` runs `vlmshield eval` with no arguments, as torchrun ranks on this machine (the
     data-parallel path gives one process's rows: tests/eval/test_distributed.py)."""
     lines = (ROOT / "Makefile").read_text().splitlines()
-    start = lines.index("demo: $(STAMP)")
+    start = lines.index("demo: $(STAMP) $(DEMO_STAMP)")  # set-up, then the demo checkpoint
     recipe = [x.strip() for x in lines[start + 1 :] if x.startswith("\t")][:1]
     assert recipe and recipe[0].endswith("/vlmshield eval"), recipe
     assert "torchrun --standalone --nproc-per-node $(DEMO_RANKS)" in recipe[0]

