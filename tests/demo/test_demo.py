@@ -192,7 +192,7 @@ def test_no_distributed_group_means_no_rank() -> None:
     assert _distributed_rank() is None
 
 
-def test_python_m_vlmshield_demo_builds_once_and_prints_the_folder(
+def test_python_m_vlmshield_demo_prints_the_built_folder(
     demo: tuple[Any, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from vlmshield.demo import demo_checkpoint

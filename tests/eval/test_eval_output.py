@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from vlmshield.eval import EvalConfig, run_eval, summarize_run, write_report
+from vlmshield.eval import answering as answering_mod
 from vlmshield.eval import runner as runner_mod
 from vlmshield.eval.metrics import ItemResult, cost_summary
 from vlmshield.eval.report import reproduce_command, summary_rows
@@ -68,7 +69,8 @@ def test_a_run_with_one_slow_batch_keeps_the_ratio(
     tmp_path: Path, load_tiny: Callable[[str], VLM], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = SimpleNamespace(t=0.0)
-    monkeypatch.setattr(runner_mod, "time", SimpleNamespace(perf_counter=lambda: clock.t, sleep=time.sleep))
+    fake_time = SimpleNamespace(perf_counter=lambda: clock.t, sleep=time.sleep)
+    monkeypatch.setattr(answering_mod, "time", fake_time)  # where each batch is timed
     real_build = runner_mod.build_plan
 
     def build(config: EvalConfig) -> Any:

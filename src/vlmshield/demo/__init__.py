@@ -101,8 +101,7 @@ def wait_for_checkpoint(out: Path, timeout_s: float | None = None, poll_s: float
         if time.monotonic() >= deadline:
             raise ModelLoadError(
                 f"the demo checkpoint {out} was not built by rank 0 within {timeout_s:.0f} s: build it "
-                "once on every node first: python -c 'from vlmshield.demo import demo_checkpoint; "
-                "demo_checkpoint()'"
+                "once on every node first: python -m vlmshield.demo"
             )
         time.sleep(poll_s)
     return out

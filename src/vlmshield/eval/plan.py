@@ -50,8 +50,8 @@ DEFAULT_MODEL = "demo"
 #: Rows per batch when ``--batch-size`` is not given.
 DEFAULT_BATCH_SIZE = 16
 #: The demo model's default: on a CPU, decoding a 135M model is bound by reading its weights once per
-#: step, so 32 rows a step halve that cost per row (no-argument run: 278 s against 382 s at 16 on a
-#: 2-core VM, with identical answers; docs/demo_model.md). 64 was slower (305 s: one padded batch).
+#: step, so 32 rows a step share that cost (no-argument run on a 2-core VM: 280 s against 367 s at 16
+#: in the same session, identical answers; docs/demo_model.md). 64 was slower (305 s: one padded batch).
 DEMO_BATCH_SIZE = 32
 
 
